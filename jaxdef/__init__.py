@@ -1,0 +1,21 @@
+"""jaxdef: fast, honest evaluation of stochastic pre-processing defenses.
+
+The pipeline, in the order of the subpackages: data -> models -> transforms
+-> defenses -> classifier -> attacks -> experiments -> reports. The public
+API is what this module re-exports (see ``__all__``); modules whose names
+start with an underscore are internal.
+"""
+
+from jaxdef import data
+from jaxdef import defenses
+from jaxdef import transforms
+from jaxdef.defenses import bpda
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "bpda",
+    "data",
+    "defenses",
+    "transforms",
+)

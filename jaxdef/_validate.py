@@ -1,0 +1,152 @@
+"""Input checks shared by the public API.
+
+Every check raises a `ValueError` or `TypeError` whose message names the
+argument and says what is allowed, so that bad input never surfaces as a bare
+XLA shape error deep inside a trace. Checks on values (ranges, NaN) only run
+on concrete arrays: inside `jax.jit` the values are abstract and only shapes
+and dtypes can be checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Pixel values may overshoot [0, 1] by float rounding (e.g. after a resize).
+RANGE_TOLERANCE = 1e-4
+
+
+def is_concrete(x: Any) -> bool:
+  """True when `x` holds actual values (not a tracer inside jit/vmap/grad)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_image(image: Any, name: str = "image", rank: int = 3) -> jax.Array:
+  """Checks an image (rank 3, HWC) or batch (rank 4, NHWC) and returns it.
+
+  Args:
+    image: float array with values in [0, 1].
+    name: the argument's name, used in error messages.
+    rank: 3 for one HWC image, 4 for an NHWC batch.
+
+  Returns:
+    `image` as a `jax.Array` (unchanged dtype).
+
+  Raises:
+    ValueError: wrong rank, empty, values outside [0, 1] or not finite.
+    TypeError: not a floating-point array.
+  """
+  layout = {3: "HWC (height, width, channels)", 4: "NHWC (batch, height, width, channels)"}[rank]
+  if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+    raise TypeError(f"{name} must be an array of shape {layout}, got {type(image).__name__}")
+  if image.ndim != rank:
+    raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {tuple(image.shape)}")
+  if not jnp.issubdtype(image.dtype, jnp.floating):
+    raise TypeError(
+        f"{name} must be floating point with values in [0, 1], got dtype {image.dtype}; "
+        "convert uint8 images with images.astype('float32') / 255"
+    )
+  if any(d == 0 for d in image.shape):
+    raise ValueError(f"{name} must not be empty, got shape {tuple(image.shape)}")
+  if is_concrete(image):
+    values = np.asarray(image)
+    if not np.all(np.isfinite(values)):
+      raise ValueError(f"{name} contains NaN or inf values; pixel values must be finite, in [0, 1]")
+    low, high = float(values.min()), float(values.max())
+    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+      raise ValueError(
+          f"{name} values must lie in [0, 1], got min {low:.4g} and max {high:.4g}; "
+          "scale 8-bit images by 1/255"
+      )
+  return jnp.asarray(image)
+
+
+def check_images(images: Any, name: str = "images") -> jax.Array:
+  """Checks an NHWC batch; see `check_image`."""
+  return check_image(images, name=name, rank=4)
+
+
+def check_interval(
+    value: Sequence[float], name: str, low: float, high: float, integer: bool = False
+) -> tuple[float, float]:
+  """Checks a parameter range `(lo, hi)` with `low <= lo <= hi <= high`.
+
+  Returns:
+    The range as a tuple of two Python numbers.
+  """
+  kind = "integers" if integer else "numbers"
+  try:
+    lo, hi = value
+    lo, hi = (int(lo), int(hi)) if integer else (float(lo), float(hi))
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a pair (low, high) of {kind}, got {value!r}") from None
+  if integer and (lo != value[0] or hi != value[1]):
+    raise ValueError(f"{name} must be a pair of integers, got {value!r}")
+  if not (low <= lo <= hi <= high):
+    raise ValueError(
+        f"{name} must satisfy {low} <= low <= high <= {high}, got ({lo}, {hi})"
+    )
+  return lo, hi
+
+
+def check_number(
+    value: Any,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+    integer: bool = False,
+) -> Any:
+  """Checks a scalar parameter against bounds; tracers pass unchecked.
+
+  Returns:
+    `value` unchanged (a tracer, or a Python/NumPy scalar).
+  """
+  if not is_concrete(value):
+    return value
+  if np.ndim(value) != 0:
+    return value  # per-channel arrays are checked elementwise below
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    raise TypeError(f"{name} must be a number, got {value!r}") from None
+  if integer and number != int(number):
+    raise ValueError(f"{name} must be an integer, got {value!r}")
+  if not np.isfinite(number):
+    raise ValueError(f"{name} must be finite, got {value!r}")
+  too_low = low is not None and (number < low if low_inclusive else number <= low)
+  too_high = high is not None and (number > high if high_inclusive else number >= high)
+  if too_low or too_high:
+    left = "[" if low_inclusive else "("
+    right = "]" if high_inclusive else ")"
+    lo = "-inf" if low is None else low
+    hi = "inf" if high is None else high
+    raise ValueError(f"{name} must be in {left}{lo}, {hi}{right}, got {value!r}")
+  return value
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
+  """Checks that `value` is one of `choices` and returns it."""
+  if value not in choices:
+    allowed = ", ".join(repr(c) for c in choices)
+    raise ValueError(f"{name} must be one of {allowed}; got {value!r}")
+  return value
+
+
+def check_key(key: Any, name: str = "key") -> Any:
+  """Checks that `key` looks like a `jax.random` key (typed or raw uint32[2])."""
+  if not hasattr(key, "dtype"):
+    raise TypeError(f"{name} must be a jax.random key (jax.random.key(seed)), got {type(key).__name__}")
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return key
+  if key.dtype == jnp.uint32 and key.shape[-1:] == (2,):
+    return key
+  raise TypeError(
+      f"{name} must be a jax.random key (jax.random.key(seed) or PRNGKey(seed)), "
+      f"got an array of dtype {key.dtype} and shape {tuple(key.shape)}"
+  )

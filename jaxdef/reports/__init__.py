@@ -1,0 +1,1 @@
+"""Figures (matplotlib, PNG and PDF) and tables (markdown, CSV) of results."""

@@ -1,0 +1,33 @@
+"""Runs one experiment from a config file.
+
+  python -m launch.run --config=configs/<name>.py[:variant] --workdir=runs/<name>
+  python -m launch.run --config.num_samples=100     # override any field
+
+This file is intentionally kept short: it parses flags and calls
+`jaxdef.experiments.run`, which tests import directly.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxdef import experiments
+
+_DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<experiment>).")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or f"runs/{config.experiment}"
+  experiments.run(config, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
