@@ -6,14 +6,18 @@ API is what this module re-exports (see ``__all__``); modules whose names
 start with an underscore are internal.
 """
 
+from jaxdef import attacks
 from jaxdef import data
 from jaxdef import defenses
 from jaxdef import transforms
+from jaxdef.classifier import StochasticClassifier
 from jaxdef.defenses import bpda
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "StochasticClassifier",
+    "attacks",
     "bpda",
     "data",
     "defenses",

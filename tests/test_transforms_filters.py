@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -33,9 +35,8 @@ def _gauss_ref(image, k, sigma):
                                  radius=(int(k) - 1) // 2, mode="reflect", axes=(0, 1))
 
 
-# One compiled program per image shape serves every kernel size.
-_median_sizes = jax.jit(jax.vmap(lambda x, k: flt.median_blur(x, k, max_kernel_size=MAX),
-                                 in_axes=(None, 0)))
+# One compiled program per image shape serves every kernel size (batch of 14).
+_median13 = jax.jit(jax.vmap(lambda x, k: flt.median_blur(x, k, max_kernel_size=MAX)))
 _gauss_params = jax.jit(jax.vmap(lambda x, k, s: flt.gaussian_blur(x, k, s, max_kernel_size=MAX),
                                  in_axes=(None, 0, 0)))
 
@@ -43,41 +44,35 @@ _gauss_params = jax.jit(jax.vmap(lambda x, k, s: flt.gaussian_blur(x, k, s, max_
 # --- Median blur against scipy -------------------------------------------------
 
 
-@pytest.mark.parametrize("shape,sizes", [((28, 28, 1), (1, 3, 7, 13)), ((17, 23, 3), (5, 9, 11)),
-                                         ((5, 4, 2), (3, 13))])
+@pytest.mark.parametrize("shape,sizes", [((28, 28, 1), (1, 13)), ((17, 23, 3), (5,)),
+                                         ((5, 4, 2), (11,))])
 def test_median_blur_concrete_size_matches_scipy(shape, sizes):
-  """A Python-int kernel size gives scipy's median_filter(reflect) exactly."""
-  image = _image(shape, seed=1)
-  for k in sizes:
-    out = np.asarray(flt.median_blur(image, k))
-    assert out.shape == shape and out.dtype == np.float32
-    np.testing.assert_array_equal(out, _median_ref(image, k), err_msg=f"k={k}")
+  """A Python-int kernel size gives scipy's median_filter(reflect) exactly, ties too."""
+  for levels in (None, 4):
+    image = _image(shape, seed=1, levels=levels)
+    for k in sizes:
+      out = np.asarray(flt.median_blur(image, k))
+      assert out.shape == shape and out.dtype == np.float32
+      np.testing.assert_array_equal(out, _median_ref(image, k), err_msg=f"k={k}")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("levels", [None, 4])
-def test_median_blur_traced_size_matches_scipy(shape, levels):
-  """Traced sizes 1..13 under jit+vmap (max 13) equal scipy, also with ties."""
-  image = _image(shape, seed=2, levels=levels)
-  out = np.asarray(_median_sizes(image, ODD))
-  for i, k in enumerate(ODD):
-    np.testing.assert_array_equal(out[i], _median_ref(image, k), err_msg=f"k={k}")
-
-
-def test_median_blur_ties_concrete_size_matches_scipy():
-  """Heavily tied image (4 levels) with a concrete kernel size equals scipy."""
-  image = _image((17, 23, 3), seed=3, levels=4)
-  for k in (3, 5):
-    np.testing.assert_array_equal(flt.median_blur(image, k), _median_ref(image, k))
+def test_median_blur_traced_size_matches_scipy(shape):
+  """Traced sizes 1..13 under jit+vmap (max 13) equal scipy, also with ties (4 levels)."""
+  images = np.stack([_image(shape, seed=2)] * 7 + [_image(shape, seed=2, levels=4)] * 7)
+  sizes = np.concatenate([ODD, ODD])
+  out = np.asarray(_median13(images, sizes))
+  assert out.shape == images.shape and out.dtype == np.float32
+  for i, k in enumerate(sizes):
+    np.testing.assert_array_equal(out[i], _median_ref(images[i], k), err_msg=f"k={k}")
 
 
 def test_median_blur_vmap_per_image_kernel_sizes():
-  """vmap over images and a vector of per-image kernel sizes matches scipy."""
-  images = _image((7, 12, 10, 2), seed=4)
-  images[3] = np.round(images[3] * 3) / 3
-  sizes = ODD[::-1].copy()
-  fn = jax.jit(jax.vmap(lambda x, k: flt.median_blur(x, k, max_kernel_size=MAX)))
-  out = np.asarray(fn(images, sizes))
+  """vmap over 14 different images with per-image kernel sizes matches scipy."""
+  images = _image((14, 17, 23, 3), seed=4)
+  images[::3] = np.round(images[::3] * 3) / 3
+  sizes = np.random.default_rng(4).choice(ODD, 14).astype(np.int32)
+  out = np.asarray(_median13(images, sizes))
   for i, k in enumerate(sizes):
     np.testing.assert_array_equal(out[i], _median_ref(images[i], k), err_msg=f"k={k}")
 
@@ -106,7 +101,7 @@ def test_gaussian_blur_matches_scipy(shape):
   for i, (k, sigma) in enumerate(GAUSS_CASES):
     ref = _gauss_ref(image, k, sigmas[i])
     np.testing.assert_allclose(traced[i], ref, atol=GAUSS_TOL, rtol=0, err_msg=f"k={k}")
-    if i % 2 == 0 or shape[0] < 10:
+    if i in (0, 4, 7):
       concrete = np.asarray(flt.gaussian_blur(image, k, sigma))
       assert concrete.shape == shape and concrete.dtype == np.float32
       np.testing.assert_allclose(concrete, ref, atol=GAUSS_TOL, rtol=0, err_msg=f"k={k}")
@@ -137,10 +132,14 @@ def _keys(n, seed=0):
   return jax.random.split(jax.random.key(seed), n)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _draw_sizes(keys, low, high):
+  return jax.vmap(lambda k: jax.random.randint(k, (), low, high))(keys)
+
+
 def _odd_sizes(keys, low=2, high=14):
   """Re-derives the kernel sizes: randint in [low, high), even draws rounded up."""
-  size = jax.vmap(lambda k: jax.random.randint(k, (), low, high))(keys)
-  return 2 * (np.asarray(size) // 2) + 1
+  return 2 * (np.asarray(_draw_sizes(keys, low, high)) // 2) + 1
 
 
 def test_random_median_blur_kernel_sizes_cover_3_to_13():
@@ -148,8 +147,9 @@ def test_random_median_blur_kernel_sizes_cover_3_to_13():
   image = _image((6, 7, 1), seed=9)
   refs = {int(k): _median_ref(image, k) for k in ODD}
   assert len({r.tobytes() for r in refs.values()}) == len(refs)  # sizes tell apart
-  keys = _keys(240, seed=1)
+  keys = _keys(120, seed=1)
   out = np.asarray(jax.jit(jax.vmap(lambda k: flt.random_median_blur(k, image)))(keys))
+  assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
   inferred = []
   for o in out:
     matches = [k for k, r in refs.items() if np.array_equal(o, r)]
@@ -157,7 +157,7 @@ def test_random_median_blur_kernel_sizes_cover_3_to_13():
     inferred.append(matches[0])
   assert set(inferred) == {3, 5, 7, 9, 11, 13}
   np.testing.assert_array_equal(inferred, _odd_sizes(keys))  # the documented draw
-  # Over many keys each size has probability 1/6 (two of the 12 integers in [2, 14)).
+  # Each size has probability 1/6 (two of the 12 integers in [2, 14)).
   sizes = _odd_sizes(_keys(N_DRAWS, seed=2))
   counts = np.array([np.sum(sizes == k) for k in range(3, 14, 2)])
   assert set(np.unique(sizes)) == {3, 5, 7, 9, 11, 13}
@@ -165,7 +165,7 @@ def test_random_median_blur_kernel_sizes_cover_3_to_13():
 
 
 def test_random_median_blur_custom_range():
-  """kernel_size_range=(4, 6) draws 5 only: 4 rounds up to 5, and 5 stays."""
+  """kernel_size_range=(4, 6) draws 5 only (4 rounds up); (1, 2) draws 1 (identity)."""
   image = _image((8, 8, 1), seed=10)
   out = jax.jit(jax.vmap(lambda k: flt.random_median_blur(k, image, kernel_size_range=(4, 6))))(
       _keys(8))
@@ -187,6 +187,8 @@ def test_random_gaussian_blur_parameters_and_outputs():
   image = _image((11, 9, 2), seed=11)
   n = 48
   out = np.asarray(jax.jit(jax.vmap(lambda k: flt.random_gaussian_blur(k, image)))(keys[:n]))
+  assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+  assert set(sizes[:n]) == {3, 5, 7, 9, 11, 13}
   for i in range(n):
     np.testing.assert_allclose(out[i], _gauss_ref(image, sizes[i], sigmas[i]), atol=GAUSS_TOL,
                                rtol=0, err_msg=f"draw {i}: k={sizes[i]} sigma={sigmas[i]}")
@@ -194,7 +196,11 @@ def test_random_gaussian_blur_parameters_and_outputs():
 
 # --- Determinism, jit and vmap -------------------------------------------------
 
-RANDOM_FNS = {"median": flt.random_median_blur, "gaussian": flt.random_gaussian_blur}
+# Smaller kernel ranges than the default keep the compile time down.
+RANDOM_FNS = {
+    "median": lambda key, image: flt.random_median_blur(key, image, kernel_size_range=(2, 8)),
+    "gaussian": flt.random_gaussian_blur,
+}
 
 
 @pytest.mark.parametrize("name", list(RANDOM_FNS))
@@ -210,10 +216,12 @@ def test_random_vmap_over_keys_deterministic(name):
   assert out.min() >= 0.0 and out.max() <= 1.0
   np.testing.assert_array_equal(out[40:], out[:4])
   np.testing.assert_array_equal(np.asarray(sample(keys)), out)
-  np.testing.assert_array_equal(fn(keys[7], image), out[7])  # eager call, same key
+  if name == "gaussian":  # eager: same bits twice, jit's values (eager median is slow)
+    np.testing.assert_array_equal(fn(keys[7], image), fn(keys[7], image))
+    np.testing.assert_allclose(fn(keys[7], image), out[7], atol=1e-6)
   distinct = len({o.tobytes() for o in out[:40]})
   if name == "median":  # the output depends on the key only through the kernel size
-    assert distinct == len(set(_odd_sizes(keys[:40]))) == 6
+    assert distinct == len(set(_odd_sizes(keys[:40], 2, 8))) == 3
   else:
     assert distinct == 40
 
@@ -229,7 +237,6 @@ def test_random_vmap_over_images_with_per_image_keys(name):
   assert out.shape == images.shape and out.dtype == np.float32
   order = np.array([2, 4, 0, 3, 1])
   np.testing.assert_allclose(sample(keys[order], images[order]), out[order], atol=1e-6)
-  np.testing.assert_allclose(fn(keys[1], images[1]), out[1], atol=1e-6)
 
 
 def test_jit_equals_eager_and_traces_once():
@@ -239,14 +246,14 @@ def test_jit_equals_eager_and_traces_once():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def median(k):
-    return flt.median_blur(image, k, max_kernel_size=MAX)
+    return flt.median_blur(image, k, max_kernel_size=9)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
   def gauss(k, sigma):
     return flt.gaussian_blur(image, k, sigma, max_kernel_size=MAX)
 
-  for k in (3, 13):
+  for k in (3, 9):
     np.testing.assert_allclose(median(k), flt.median_blur(image, k), atol=1e-6)
   median(7)
   for k, sigma in ((1, 0.5), (5, 1.3), (13, 3.0), (9, 0.2)):
@@ -255,10 +262,10 @@ def test_jit_equals_eager_and_traces_once():
 
 def test_dtype_preserved():
   """float16 and bfloat16 images come back in their own dtype."""
+  image = _image((6, 6, 1), seed=15)
+  assert flt.median_blur(jnp.asarray(image, jnp.float16), 3).dtype == jnp.float16
   for dtype in (jnp.float16, jnp.bfloat16):
-    image = jnp.asarray(_image((6, 6, 1), seed=15), dtype)
-    assert flt.median_blur(image, 3).dtype == dtype
-    assert flt.gaussian_blur(image, 3, 1.0).dtype == dtype
+    assert flt.gaussian_blur(jnp.asarray(image, dtype), 3, 1.0).dtype == dtype
 
 
 # --- Gradients -----------------------------------------------------------------
@@ -280,7 +287,7 @@ def test_gaussian_blur_gradient():
 def test_median_blur_gradient_goes_to_median_element():
   """d out[i, j] / d image is one-hot on the pixel holding the median (no ties)."""
   image = jnp.asarray(_image((6, 6, 1), seed=18))
-  jac = np.asarray(jax.jacrev(lambda x: flt.median_blur(x, 3))(image))  # (6, 6, 1, 6, 6, 1)
+  jac = np.asarray(jax.jit(jax.jacrev(lambda x: flt.median_blur(x, 3)))(image))  # (6, 6, 1, 6, 6, 1)
   out = np.asarray(flt.median_blur(image, 3))
   for i in range(6):
     for j in range(6):
@@ -290,15 +297,14 @@ def test_median_blur_gradient_goes_to_median_element():
       assert where.size == 1 and np.asarray(image).ravel()[where[0]] == out[i, j, 0]
 
 
-@pytest.mark.parametrize("levels", [None, 4])
-def test_median_blur_gradient_of_sum_counts_outputs(levels):
+def test_median_blur_gradient_of_sum_counts_outputs():
   """Gradient of sum() is finite, >= 0 and sums to H*W*C, ties included, traced size."""
-  image = jnp.asarray(_image((9, 10, 2), seed=19, levels=levels))
-  grad_fn = jax.jit(jax.vmap(jax.grad(lambda x, k: flt.median_blur(x, k, max_kernel_size=MAX)
-                                      .sum()), in_axes=(None, 0)))
-  grads = np.asarray(grad_fn(image, jnp.array([3, 5, 13])))
+  images = np.stack([_image((9, 10, 2), seed=19), _image((9, 10, 2), seed=19, levels=4)] * 2)
+  grad_fn = jax.jit(jax.vmap(jax.grad(lambda x, k: flt.median_blur(x, k, max_kernel_size=5)
+                                      .sum())))
+  grads = np.asarray(grad_fn(images, jnp.array([3, 3, 5, 5])))
   assert np.all(np.isfinite(grads)) and np.all(grads >= 0)
-  np.testing.assert_allclose(grads.sum(axis=(1, 2, 3)), image.size, rtol=1e-5)
+  np.testing.assert_allclose(grads.sum(axis=(1, 2, 3)), images[0].size, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(RANDOM_FNS))

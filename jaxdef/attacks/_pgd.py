@@ -1,0 +1,163 @@
+"""Projected gradient descent with EOT, compiled end to end.
+
+The whole k-step loop is one `lax.fori_loop` inside one jitted function: no
+per-step Python and no host round trip. The step key is
+``fold_in(attack_key, step)``, so the first k steps of a longer run are the
+same computation as a k-step run: `pgd_trajectory` records the iterate at
+several k in one run, equal to separate runs with the same key.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdef.attacks import _common, _losses
+from jaxdef.attacks._eot import eot_value, eot_value_and_grad
+
+
+def _check_checkpoints(checkpoints) -> tuple[int, ...]:
+  try:
+    values = sorted({int(c) for c in checkpoints})
+  except (TypeError, ValueError):
+    raise ValueError(f"checkpoints must be a sequence of positive step counts, got "
+                     f"{checkpoints!r}") from None
+  if not values or values[0] < 1 or any(int(c) != c for c in checkpoints):
+    raise ValueError(f"checkpoints must be positive integers, got {checkpoints!r}")
+  return tuple(values)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "clf", "checkpoints", "eot", "norm", "targeted", "use_random_start", "loss", "eot_chunk_size"))
+def _pgd_run(key, images, labels, eps, alpha, *, clf, checkpoints, eot, norm, targeted,
+             use_random_start, loss, eot_chunk_size):
+  """Runs max(checkpoints) steps; returns iterates at the checkpoints."""
+  start_key, steps_key = jax.random.split(key)
+  objective_fn = lambda logits: _losses.objective(logits, labels, loss, targeted)
+  x = _common.random_start(start_key, images, eps, norm) if use_random_start else images
+  marks = jnp.asarray(checkpoints)
+  saved = jnp.zeros((len(checkpoints),) + images.shape, images.dtype)
+  first_bad = jnp.full(images.shape[:1], -1, jnp.int32)
+
+  def step(i, state):
+    x, saved, first_bad = state
+    _, grad = eot_value_and_grad(clf, jax.random.fold_in(steps_key, i), x, objective_fn, eot,
+                                 eot_chunk_size)
+    grad, first_bad = _common.finite_or_zero(grad, i, first_bad)
+    x = _common.project(x + alpha * _common.ascent_direction(grad, norm), images, eps, norm)
+    slot = jnp.searchsorted(marks, i + 1)
+    saved = jax.lax.cond(marks[jnp.minimum(slot, len(checkpoints) - 1)] == i + 1,
+                         lambda s: s.at[slot].set(x), lambda s: s, saved)
+    return x, saved, first_bad
+
+  _, saved, first_bad = jax.lax.fori_loop(0, checkpoints[-1], step, (x, saved, first_bad))
+  # The objective at each returned point, EOT-averaged with a fresh key.
+  final_key = jax.random.fold_in(steps_key, checkpoints[-1])
+  objectives = jax.lax.map(
+      lambda x_k: eot_value(clf, final_key, x_k, objective_fn, eot, eot_chunk_size), saved)
+  return saved, objectives, first_bad
+
+
+def pgd_trajectory_results(key, clf, images, labels, eps=8 / 255, alpha=1 / 255, steps=None,
+                           eot=1, norm="inf", targeted=False, random_start=False, loss="ce", *,
+                           checkpoints: Sequence[int] = (10, 20, 50, 100),
+                           eot_chunk_size: int | None = None, true_labels=None
+                           ) -> dict[int, _common.AttackResult]:
+  """Like `pgd_trajectory`, returning an `AttackResult` per checkpoint."""
+  checkpoints = _check_checkpoints(checkpoints)
+  if steps is not None and int(steps) != checkpoints[-1]:
+    raise ValueError(f"steps={steps} disagrees with max(checkpoints)={checkpoints[-1]}; "
+                     "leave steps out for a trajectory")
+  images, labels, _, _ = _common.check_attack_args(
+      clf, images, labels, eps=eps, alpha=alpha, steps=checkpoints[-1], eot=eot, norm=norm,
+      loss=loss, losses=_losses.PGD_LOSSES, targeted=targeted, true_labels=true_labels,
+      eot_chunk_size=eot_chunk_size)
+  saved, objectives, first_bad = _pgd_run(
+      key, images, labels, jnp.float32(eps), jnp.float32(alpha), clf=clf,
+      checkpoints=checkpoints, eot=int(eot), norm=norm, targeted=targeted,
+      use_random_start=bool(random_start), loss=loss,
+      eot_chunk_size=None if eot_chunk_size is None else int(eot_chunk_size))
+  first_bad = np.asarray(first_bad)
+  _common.report_nonfinite("pgd", first_bad)
+  params = {"eps": float(eps), "alpha": float(alpha), "norm": norm, "targeted": targeted,
+            "random_start": bool(random_start), "loss": loss}
+  return {
+      k: _common.AttackResult(
+          adversarial=saved[i], attack="pgd", steps=k, eot=int(eot), strength=k * int(eot),
+          objective=objectives[i], nonfinite_step=np.where(first_bad < k, first_bad, -1),
+          params=params)
+      for i, k in enumerate(checkpoints)
+  }
+
+
+def pgd_result(key, clf, images, labels, eps=8 / 255, alpha=1 / 255, steps=100, eot=1,
+               norm="inf", targeted=False, random_start=False, loss="ce", *,
+               eot_chunk_size: int | None = None, true_labels=None) -> _common.AttackResult:
+  """Like `pgd`, returning an `AttackResult` (gradient accounting included)."""
+  from jaxdef import _validate
+
+  _validate.check_number(steps, "steps", low=1, integer=True)
+  return pgd_trajectory_results(
+      key, clf, images, labels, eps, alpha, None, eot, norm, targeted, random_start, loss,
+      checkpoints=(int(steps),), eot_chunk_size=eot_chunk_size, true_labels=true_labels
+  )[int(steps)]
+
+
+def pgd(key, clf, images, labels, eps=8 / 255, alpha=1 / 255, steps=100, eot=1, norm="inf",
+        targeted=False, random_start=False, loss="ce", *, eot_chunk_size: int | None = None,
+        true_labels=None) -> jax.Array:
+  """PGD with EOT-m against a stochastic classifier (white-box, adaptive).
+
+  Each of the `steps` iterations averages the gradient of the objective
+  over `eot` independent defense draws (one vmapped batch of eot x B, or
+  chunks of `eot_chunk_size` draws), takes a step of size `alpha` along its
+  sign (L-inf) or its L2-normalised direction (L2), and projects onto the
+  eps-ball around `images` and onto [0, 1]. Untargeted attacks ascend the
+  loss of `labels`; targeted ones descend the loss of `labels` (the
+  targets). The returned point is the last iterate.
+
+  Args:
+    key: PRNG key (random start, and every step's defense draws).
+    clf: the `StochasticClassifier`.
+    images: float (B, H, W, C) in [0, 1], clean inputs.
+    labels: int (B,): true labels (untargeted) or target labels (targeted).
+    eps: radius of the perturbation ball (> 0); 8/255 for the study's L-inf.
+    alpha: step size (> 0).
+    steps: k >= 1.
+    eot: m >= 1 defense draws per gradient.
+    norm: "inf" or "2".
+    targeted: see above.
+    random_start: start from a random point of the ball.
+    loss: "ce" (cross-entropy) or "margin" (C&W logit difference).
+    eot_chunk_size: evaluate the m draws this many at a time (memory).
+    true_labels: optional true labels of a targeted run, to refuse targets
+      equal to them.
+
+  Returns:
+    Adversarial images, float (B, H, W, C) in [0, 1].
+  """
+  return pgd_result(key, clf, images, labels, eps, alpha, steps, eot, norm, targeted,
+                    random_start, loss, eot_chunk_size=eot_chunk_size,
+                    true_labels=true_labels).adversarial
+
+
+def pgd_trajectory(key, clf, images, labels, eps=8 / 255, alpha=1 / 255, steps=None, eot=1,
+                   norm="inf", targeted=False, random_start=False, loss="ce", *,
+                   checkpoints: Sequence[int] = (10, 20, 50, 100),
+                   eot_chunk_size: int | None = None, true_labels=None) -> dict[int, jax.Array]:
+  """One PGD run of max(checkpoints) steps, returning the iterate at each.
+
+  Same arguments as `pgd`; the result at k equals ``pgd(..., steps=k)`` with
+  the same key, so the k axis of a k x m sweep costs one run.
+
+  Returns:
+    {k: adversarial images after k steps} for every k in `checkpoints`.
+  """
+  results = pgd_trajectory_results(
+      key, clf, images, labels, eps, alpha, steps, eot, norm, targeted, random_start, loss,
+      checkpoints=checkpoints, eot_chunk_size=eot_chunk_size, true_labels=true_labels)
+  return {k: r.adversarial for k, r in results.items()}

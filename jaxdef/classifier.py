@@ -1,0 +1,141 @@
+"""The stochastic classifier F(t_theta(x)) and its aggregated predictions.
+
+Attacks differentiate `logits`, a single random draw; evaluation aggregates
+n independent draws (`predict`), computed as vmapped chunks of draws inside
+one compiled function.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxdef import _validate
+from jaxdef.defenses import _core as defenses_core
+
+PREDICT_MODES = ("vote", "all", "logits")
+REJECTED = -1
+
+
+class StochasticClassifier:
+  """A model behind a stochastic pre-processing defense.
+
+  Args:
+    logits_fn: pure ``logits_fn(images) -> logits``, images float (B, H, W, C)
+      in [0, 1], logits (B, num_classes). Normalisation belongs inside it.
+    defense: a defense or ``(key, images) -> images`` function; None means
+      the identity (the undefended model).
+    vote_chunk_size: draws evaluated at once by `predict` and `invariance`
+      (memory bound: chunk x B forward passes at a time).
+  """
+
+  def __init__(self, logits_fn: Callable[[jax.Array], jax.Array], defense: Any = None, *,
+               vote_chunk_size: int = 100):
+    if not callable(logits_fn):
+      raise TypeError(f"logits_fn must be callable images -> logits, got {type(logits_fn).__name__}")
+    _validate.check_number(vote_chunk_size, "vote_chunk_size", low=1, integer=True)
+    self.logits_fn = logits_fn
+    self.defense = defenses_core.as_defense(
+        defense if defense is not None else (lambda key, images: images), name="identity")
+    self.vote_chunk_size = int(vote_chunk_size)
+
+  def __repr__(self) -> str:
+    return f"StochasticClassifier(defense={self.defense!r})"
+
+  def logits(self, key: jax.Array, images: jax.Array) -> jax.Array:
+    """One random draw: ``logits_fn(defense(key, images))``, differentiable.
+
+    Args:
+      key: PRNG key of the draw.
+      images: float (B, H, W, C) in [0, 1].
+
+    Returns:
+      float (B, num_classes).
+    """
+    return self.logits_fn(self.defense.fn(key, images))
+
+  def num_classes(self, images: jax.Array) -> int:
+    """The number of classes, from the shape of one abstract evaluation."""
+    shape = jax.eval_shape(self.logits, jax.random.key(0), images).shape
+    if len(shape) != 2:
+      raise ValueError(f"logits_fn must return logits of shape (batch, classes), got {shape}")
+    return int(shape[1])
+
+  def draw_logits(self, key: jax.Array, images: jax.Array, n: int) -> jax.Array:
+    """Logits of `n` independent draws, shape (n, B, num_classes)."""
+    _validate.check_number(n, "n", low=1, integer=True)
+    return _draw_logits(self, key, images, int(n))
+
+  def predict(self, key: jax.Array, images: jax.Array, n: int = 500, mode: str = "vote"
+              ) -> jax.Array:
+    """Aggregated prediction over `n` independent draws.
+
+    Modes: "vote" is the majority label (ties go to the lowest label); "all"
+    is the label only if all n draws agree, else -1 (rejected); "logits" is
+    the argmax of the mean logits.
+
+    Args:
+      key: PRNG key (split into n draw keys).
+      images: float (B, H, W, C) in [0, 1].
+      n: number of draws, >= 1 (the study votes over 500).
+      mode: "vote" | "all" | "logits".
+
+    Returns:
+      int32 (B,) labels; -1 marks rejection in mode "all".
+    """
+    _validate.check_choice(mode, "mode", PREDICT_MODES)
+    images = self._checked(key, images)
+    return aggregate(self.draw_logits(key, images, n), mode)
+
+  def vote_counts(self, key: jax.Array, images: jax.Array, n: int = 500) -> jax.Array:
+    """Per-class vote counts over n draws, int32 (B, num_classes)."""
+    images = self._checked(key, images)
+    logits = self.draw_logits(key, images, n)
+    return jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=jnp.int32).sum(0)
+
+  def invariance(self, key: jax.Array, images: jax.Array, n: int = 100) -> jax.Array:
+    """Rate at which a single defended draw agrees with the undefended model.
+
+    Returns:
+      float scalar in [0, 1]: the mean over n draws and the B images of
+      [argmax logits(draw) == argmax logits_fn(images)].
+    """
+    images = self._checked(key, images)
+    draws = jnp.argmax(self.draw_logits(key, images, n), -1)
+    clean = jnp.argmax(_undefended_logits(self, images), -1)
+    return jnp.mean(draws == clean[None])
+
+  def _checked(self, key, images):
+    _validate.check_key(key)
+    return _validate.check_images(images)
+
+
+def aggregate(draw_logits: jax.Array, mode: str = "vote") -> jax.Array:
+  """Aggregates (n, B, K) logits of n draws into labels (B,); see `predict`."""
+  _validate.check_choice(mode, "mode", PREDICT_MODES)
+  num_draws, num_classes = draw_logits.shape[0], draw_logits.shape[-1]
+  if mode == "logits":
+    return jnp.argmax(draw_logits.mean(0), -1).astype(jnp.int32)
+  counts = jax.nn.one_hot(jnp.argmax(draw_logits, -1), num_classes, dtype=jnp.int32).sum(0)
+  label = jnp.argmax(counts, -1).astype(jnp.int32)  # first maximum: lowest label wins ties
+  if mode == "all":
+    return jnp.where(counts.max(-1) == num_draws, label, REJECTED)
+  return label
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _draw_logits(clf: StochasticClassifier, key, images, n: int) -> jax.Array:
+  keys = jax.random.split(key, n)
+  draw = lambda k: clf.logits(k, images)
+  if clf.vote_chunk_size >= n:
+    return jax.vmap(draw)(keys)
+  return jax.lax.map(draw, keys, batch_size=clf.vote_chunk_size)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _undefended_logits(clf: StochasticClassifier, images) -> jax.Array:
+  return clf.logits_fn(images)
