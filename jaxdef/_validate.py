@@ -141,7 +141,8 @@ def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
 def check_key(key: Any, name: str = "key") -> Any:
   """Checks that `key` looks like a `jax.random` key (typed or raw uint32[2])."""
   if not hasattr(key, "dtype"):
-    raise TypeError(f"{name} must be a jax.random key (jax.random.key(seed)), got {type(key).__name__}")
+    raise TypeError(
+        f"{name} must be a jax.random key (jax.random.key(seed)), got {type(key).__name__}")
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     return key
   if key.dtype == jnp.uint32 and key.shape[-1:] == (2,):

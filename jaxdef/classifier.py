@@ -36,7 +36,8 @@ class StochasticClassifier:
   def __init__(self, logits_fn: Callable[[jax.Array], jax.Array], defense: Any = None, *,
                vote_chunk_size: int = 100):
     if not callable(logits_fn):
-      raise TypeError(f"logits_fn must be callable images -> logits, got {type(logits_fn).__name__}")
+      raise TypeError(
+          f"logits_fn must be callable images -> logits, got {type(logits_fn).__name__}")
     _validate.check_number(vote_chunk_size, "vote_chunk_size", low=1, integer=True)
     self.logits_fn = logits_fn
     self.defense = defenses_core.as_defense(

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pathlib
 
-from absl import app, flags
+from absl import app
+from absl import flags
 from ml_collections import config_flags
 
 from jaxdef import experiments

@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdef.attacks import _common, _losses
-from jaxdef.attacks._eot import eot_value, eot_value_and_grad
+from jaxdef.attacks import _common
+from jaxdef.attacks import _losses
+from jaxdef.attacks._eot import eot_value
+from jaxdef.attacks._eot import eot_value_and_grad
 
 
 def _check_checkpoints(checkpoints) -> tuple[int, ...]:

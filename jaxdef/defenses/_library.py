@@ -7,7 +7,8 @@ construction, not deep inside a trace) and returns a `Defense`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -16,7 +17,9 @@ import jax.numpy as jnp
 from jaxdef import _validate
 from jaxdef import transforms as T
 from jaxdef.defenses._bpda import bpda
-from jaxdef.defenses._core import Defense, from_transform, register
+from jaxdef.defenses._core import Defense
+from jaxdef.defenses._core import from_transform
+from jaxdef.defenses._core import register
 
 Transform = Callable[[jax.Array, jax.Array], jax.Array]
 

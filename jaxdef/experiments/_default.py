@@ -8,8 +8,10 @@ import jax
 import numpy as np
 
 from jaxdef import data
-from jaxdef.experiments import _defense_survey, _records
-from jaxdef.reports import figures, tables
+from jaxdef.experiments import _defense_survey
+from jaxdef.experiments import _records
+from jaxdef.reports import figures
+from jaxdef.reports import tables
 
 
 def run_default(config, workdir: pathlib.Path) -> dict:

@@ -192,7 +192,8 @@ def median_blur(
     return jnp.where(enough, low, middle + 1), jnp.where(enough, middle, high)
 
   int32 = jnp.iinfo(jnp.int32)
-  bounds = (jnp.full(image.shape, int32.min, jnp.int32), jnp.full(image.shape, int32.max, jnp.int32))
+  bounds = (jnp.full(image.shape, int32.min, jnp.int32),
+            jnp.full(image.shape, int32.max, jnp.int32))
   median_key, _ = jax.lax.fori_loop(0, 32, bisect, bounds)
   median = _from_order_keys(median_key).astype(image.dtype)
   # Zero in value, but carries the gradient to the median element(s).

@@ -143,7 +143,8 @@ def random_noise(
   return noise(noise_key, image, kind, var=var, amount=amount, salt_vs_pepper=salt_vs_pepper)
 
 
-def gaussian_noise(key: jax.Array, image: jax.Array, sigma: Any, *, clip: bool = False) -> jax.Array:
+def gaussian_noise(key: jax.Array, image: jax.Array, sigma: Any, *,
+                   clip: bool = False) -> jax.Array:
   """Adds N(0, sigma^2) noise (randomized smoothing); optionally clips to [0, 1].
 
   Works on any shape (one image or a batch). The gradient is the identity
