@@ -102,23 +102,39 @@ def check_number(
     high_inclusive: bool = True,
     integer: bool = False,
 ) -> Any:
-  """Checks a scalar parameter against bounds; tracers pass unchecked.
+  """Checks a number, or every element of an array, against bounds.
+
+  Tracers pass unchecked (their values are unknown inside jit).
 
   Returns:
-    `value` unchanged (a tracer, or a Python/NumPy scalar).
+    `value` unchanged.
   """
   if not is_concrete(value):
     return value
+  if isinstance(value, (str, bytes)):
+    raise TypeError(f"{name} must be a number, got the string {value!r}")
   if np.ndim(value) != 0:
-    return value  # per-channel arrays are checked elementwise below
+    try:
+      numbers = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+      raise TypeError(f"{name} must be a number or an array of numbers, got {value!r}") from None
+    for number in numbers.ravel():
+      _check_scalar(number, name, low, high, low_inclusive, high_inclusive, integer, value)
+    return value
   try:
     number = float(value)
   except (TypeError, ValueError):
     raise TypeError(f"{name} must be a number, got {value!r}") from None
-  if integer and number != int(number):
-    raise ValueError(f"{name} must be an integer, got {value!r}")
+  _check_scalar(number, name, low, high, low_inclusive, high_inclusive, integer, value)
+  return value
+
+
+def _check_scalar(number: float, name: str, low, high, low_inclusive, high_inclusive, integer,
+                  shown: Any) -> None:
   if not np.isfinite(number):
-    raise ValueError(f"{name} must be finite, got {value!r}")
+    raise ValueError(f"{name} must be finite, got {shown!r}")
+  if integer and number != int(number):
+    raise ValueError(f"{name} must be an integer, got {shown!r}")
   too_low = low is not None and (number < low if low_inclusive else number <= low)
   too_high = high is not None and (number > high if high_inclusive else number >= high)
   if too_low or too_high:
@@ -126,8 +142,7 @@ def check_number(
     right = "]" if high_inclusive else ")"
     lo = "-inf" if low is None else low
     hi = "inf" if high is None else high
-    raise ValueError(f"{name} must be in {left}{lo}, {hi}{right}, got {value!r}")
-  return value
+    raise ValueError(f"{name} must be in {left}{lo}, {hi}{right}, got {shown!r}")
 
 
 def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:

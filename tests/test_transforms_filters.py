@@ -44,19 +44,18 @@ _gauss_params = jax.jit(jax.vmap(lambda x, k, s: flt.gaussian_blur(x, k, s, max_
 # --- Median blur against scipy -------------------------------------------------
 
 
-@pytest.mark.parametrize("shape,sizes", [((28, 28, 1), (1, 13)), ((17, 23, 3), (5,)),
-                                         ((5, 4, 2), (11,))])
-def test_median_blur_concrete_size_matches_scipy(shape, sizes):
+@pytest.mark.parametrize("shape,sizes,levels", [((28, 28, 1), (1, 3), None),
+                                                ((17, 23, 3), (5,), 4), ((5, 4, 2), (13,), None)])
+def test_median_blur_concrete_size_matches_scipy(shape, sizes, levels):
   """A Python-int kernel size gives scipy's median_filter(reflect) exactly, ties too."""
-  for levels in (None, 4):
-    image = _image(shape, seed=1, levels=levels)
-    for k in sizes:
-      out = np.asarray(flt.median_blur(image, k))
-      assert out.shape == shape and out.dtype == np.float32
-      np.testing.assert_array_equal(out, _median_ref(image, k), err_msg=f"k={k}")
+  image = _image(shape, seed=1, levels=levels)
+  for k in sizes:
+    out = np.asarray(flt.median_blur(image, k))
+    assert out.shape == shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out, _median_ref(image, k), err_msg=f"k={k}")
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES[1:])  # each shape costs a compile; 28x28x1 is above
 def test_median_blur_traced_size_matches_scipy(shape):
   """Traced sizes 1..13 under jit+vmap (max 13) equal scipy, also with ties (4 levels)."""
   images = np.stack([_image(shape, seed=2)] * 7 + [_image(shape, seed=2, levels=4)] * 7)
@@ -246,16 +245,16 @@ def test_jit_equals_eager_and_traces_once():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def median(k):
-    return flt.median_blur(image, k, max_kernel_size=9)
+    return flt.median_blur(image, k, max_kernel_size=7)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
   def gauss(k, sigma):
     return flt.gaussian_blur(image, k, sigma, max_kernel_size=MAX)
 
-  for k in (3, 9):
-    np.testing.assert_allclose(median(k), flt.median_blur(image, k), atol=1e-6)
-  median(7)
+  np.testing.assert_allclose(median(3), flt.median_blur(image, 3), atol=1e-6)
+  for k in (5, 7):
+    np.testing.assert_array_equal(median(k), _median_ref(image, k))
   for k, sigma in ((1, 0.5), (5, 1.3), (13, 3.0), (9, 0.2)):
     np.testing.assert_allclose(gauss(k, sigma), flt.gaussian_blur(image, k, sigma), atol=1e-6)
 
@@ -287,8 +286,8 @@ def test_gaussian_blur_gradient():
 def test_median_blur_gradient_goes_to_median_element():
   """d out[i, j] / d image is one-hot on the pixel holding the median (no ties)."""
   image = jnp.asarray(_image((6, 6, 1), seed=18))
-  jac = np.asarray(jax.jit(jax.jacrev(lambda x: flt.median_blur(x, 3)))(image))  # (6, 6, 1, 6, 6, 1)
-  out = np.asarray(flt.median_blur(image, 3))
+  jac_and_out = jax.jit(lambda x: (jax.jacrev(flt.median_blur)(x, 3), flt.median_blur(x, 3)))
+  jac, out = map(np.asarray, jac_and_out(image))  # jac: (6, 6, 1, 6, 6, 1)
   for i in range(6):
     for j in range(6):
       row = jac[i, j, 0]
@@ -371,8 +370,6 @@ def test_bad_input_raises_clear_error(call, error, match):
     call()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an integer-valued float kernel_size (5.0) passes "
-                   "validation, then fails with a bare TypeError from `>>` on a float")
 @pytest.mark.parametrize("fn", ["median", "gaussian"])
 def test_integer_valued_float_kernel_size(fn):
   """kernel_size=5.0 either works like 5 or is rejected naming kernel_size."""

@@ -42,11 +42,26 @@ def _static_max_kernel_size(kernel_size: Any, max_kernel_size: int | None) -> in
   return max_kernel_size
 
 
-def _check_kernel_size(kernel_size: Any, max_kernel_size: int) -> None:
+def _check_kernel_size(kernel_size: Any, max_kernel_size: int) -> Any:
+  """Checks a concrete kernel size (returned as an int); tracers pass through."""
   if _validate.is_concrete(kernel_size) and np.ndim(kernel_size) == 0:
     _validate.check_number(kernel_size, "kernel_size", low=1, high=max_kernel_size, integer=True)
     if int(kernel_size) % 2 == 0:
       raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    return int(kernel_size)
+  if not jnp.issubdtype(jnp.result_type(kernel_size), jnp.integer):
+    raise TypeError(f"kernel_size must be an integer, got dtype {jnp.result_type(kernel_size)}")
+  return kernel_size
+
+
+def _check_kernel_size_range(kernel_size_range: Any) -> tuple[int, int]:
+  """Checks a half-open integer range [low, high) of kernel sizes."""
+  low, high = _validate.check_interval(kernel_size_range, "kernel_size_range", 1, 1001,
+                                       integer=True)
+  if low == high:
+    raise ValueError(f"kernel_size_range is a half-open range [low, high) and must not be empty, "
+                     f"got {kernel_size_range}")
+  return low, high
 
 
 def _odd_kernel_size(key: jax.Array, size_range: tuple[int, int]) -> jax.Array:
@@ -82,7 +97,7 @@ def gaussian_blur(
   """
   image = _validate.check_image(image)
   max_size = _static_max_kernel_size(kernel_size, max_kernel_size)
-  _check_kernel_size(kernel_size, max_size)
+  kernel_size = _check_kernel_size(kernel_size, max_size)
   _validate.check_number(sigma, "sigma", low=0, low_inclusive=False)
   radius = max_size // 2
   offsets = jnp.arange(-radius, radius + 1, dtype=image.dtype)
@@ -119,12 +134,9 @@ def random_gaussian_blur(
   Returns:
     The blurred image, shape (H, W, C).
   """
-  kernel_size_range = _validate.check_interval(
-      kernel_size_range, "kernel_size_range", 1, 1001, integer=True)
+  kernel_size_range = _check_kernel_size_range(kernel_size_range)
   sigma_range = _validate.check_interval(sigma_range, "sigma_range", 1e-6, 1e3)
-  if kernel_size_range[0] == kernel_size_range[1]:
-    raise ValueError(f"kernel_size_range is a half-open range [low, high) and must not be empty, "
-                     f"got {kernel_size_range}")
+  _validate.check_key(key)
   size_key, sigma_key = jax.random.split(key)
   kernel_size = _odd_kernel_size(size_key, kernel_size_range)
   sigma = jax.random.uniform(sigma_key, (), minval=sigma_range[0], maxval=sigma_range[1])
@@ -166,7 +178,7 @@ def median_blur(
   """
   image = _validate.check_image(image)
   max_size = _static_max_kernel_size(kernel_size, max_kernel_size)
-  _check_kernel_size(kernel_size, max_size)
+  kernel_size = _check_kernel_size(kernel_size, max_size)
   radius = max_size // 2
   height, width = image.shape[:2]
   padded = jnp.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
@@ -221,10 +233,7 @@ def random_median_blur(
   Returns:
     The filtered image, shape (H, W, C).
   """
-  kernel_size_range = _validate.check_interval(
-      kernel_size_range, "kernel_size_range", 1, 1001, integer=True)
-  if kernel_size_range[0] == kernel_size_range[1]:
-    raise ValueError(f"kernel_size_range is a half-open range [low, high) and must not be empty, "
-                     f"got {kernel_size_range}")
+  kernel_size_range = _check_kernel_size_range(kernel_size_range)
+  _validate.check_key(key)
   kernel_size = _odd_kernel_size(key, kernel_size_range)
   return median_blur(image, kernel_size, max_kernel_size=_max_odd(kernel_size_range))

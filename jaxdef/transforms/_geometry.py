@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdef import _validate
+from jaxdef.transforms._common import clip as _clip
 
 # numpy.pad mode names (scikit-image's) -> index rule for out-of-range pixels.
 # scikit-image translates them to scipy.ndimage's names the same way.
@@ -73,17 +74,6 @@ def _bilinear(image: jax.Array, rows: jax.Array, cols: jax.Array, rule: str,
         value = jnp.where(inside[..., None], value, cval)
       out = out + (row_weight * col_weight)[..., None] * value
   return out.astype(image.dtype)
-
-
-def _clip(x: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
-  """Clips with gradient 1 inside [low, high] (ties included) and 0 outside.
-
-  Mirrors skimage's clipping to the input's range. Bilinear outputs often
-  sit exactly on a bound, where `jnp.clip` would halve the gradient and leak
-  the rest into the bounds (the image's min and max pixels).
-  """
-  low, high = jax.lax.stop_gradient(low), jax.lax.stop_gradient(high)
-  return jnp.where(x < low, low, jnp.where(x > high, high, x))
 
 
 def _static_size(value: Any, name: str, low: int, high: int | None = None) -> int:

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxdef import _validate
+from jaxdef.transforms._common import clip
+from jaxdef.transforms._common import clip as _clip01
 
 NOISE_KINDS = ("gaussian", "poisson", "salt", "pepper", "s&p", "speckle")
 
@@ -68,6 +70,7 @@ def noise(
   Returns:
     The noisy image, shape (H, W, C), clipped to [0, 1].
   """
+  _validate.check_key(key)
   image = _validate.check_image(image)
   index = _kind_index(kind)
   _validate.check_number(var, "var", low=0)
@@ -101,7 +104,7 @@ def noise(
       lambda x: replace(x, salt_vs_pepper),
       speckle,
   )
-  return jnp.clip(jax.lax.switch(index, branches, image), 0.0, 1.0)
+  return clip(jax.lax.switch(index, branches, image))
 
 
 def random_noise(
@@ -135,6 +138,7 @@ def random_noise(
                          for k in kinds])
   var_range = _validate.check_interval(var_range, "var_range", 0.0, 1.0)
   amount_range = _validate.check_interval(amount_range, "amount_range", 0.0, 1.0)
+  _validate.check_key(key)
   kind_key, var_key, amount_key, ratio_key, noise_key = jax.random.split(key, 5)
   kind = indices[jax.random.randint(kind_key, (), 0, len(kinds))]
   var = jax.random.uniform(var_key, (), minval=var_range[0], maxval=var_range[1])
@@ -162,4 +166,4 @@ def gaussian_noise(key: jax.Array, image: jax.Array, sigma: Any, *,
   """
   _validate.check_number(sigma, "sigma", low=0)
   noisy = image + jnp.asarray(sigma, image.dtype) * jax.random.normal(key, image.shape, image.dtype)
-  return jnp.clip(noisy, 0.0, 1.0) if clip else noisy
+  return _clip01(noisy) if clip else noisy

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdef import _validate
+from jaxdef.transforms._common import clip
 
 LEVELS_RANGE = (8, 200)
 FFT_FRACTION_RANGE = (0.0, 0.95)
@@ -17,7 +18,9 @@ def quantize(image: jax.Array, levels: Any) -> jax.Array:
   """Rounds to multiples of 1 / levels: ``round(image * levels) / levels``.
 
   levels = 4 gives values in {0, 0.25, 0.5, 0.75, 1}. Rounding is half to
-  even, as numpy's. The true gradient is zero almost everywhere; wrap with
+  even, as numpy's; XLA may divide by multiplying with the rounded
+  reciprocal, so a value can differ from numpy's by 1 ulp (never in which
+  level it lands on). The true gradient is zero almost everywhere; wrap with
   `jaxdef.bpda` for the straight-through estimate (the defenses do).
 
   Args:
@@ -50,6 +53,7 @@ def random_quantize(
   Returns:
     The quantized image, shape (H, W, C).
   """
+  _validate.check_key(key)
   low, high = _validate.check_interval(levels_range, "levels_range", 1, 2**24, integer=True)
   levels = jax.random.randint(key, (), low, high + 1)
   return quantize(image, levels)
@@ -70,12 +74,13 @@ def fft_perturb(key: jax.Array, image: jax.Array, fraction: Any) -> jax.Array:
   Returns:
     The perturbed image, shape (H, W, C), values in [0, 1].
   """
+  _validate.check_key(key)
   image = _validate.check_image(image)
   _validate.check_number(fraction, "fraction", low=0, high=1)
   keep = jax.random.uniform(key, image.shape) >= jnp.asarray(fraction)
   spectrum = jnp.fft.fft2(image, axes=(0, 1))
   restored = jnp.fft.ifft2(jnp.where(keep, spectrum, 0), axes=(0, 1)).real
-  return jnp.clip(restored.astype(image.dtype), 0.0, 1.0)
+  return clip(restored.astype(image.dtype))
 
 
 def random_fft_perturb(
@@ -94,6 +99,7 @@ def random_fft_perturb(
   Returns:
     The perturbed image, shape (H, W, C), values in [0, 1].
   """
+  _validate.check_key(key)
   image = _validate.check_image(image)
   low, high = _validate.check_interval(fraction_range, "fraction_range", 0.0, 1.0)
   fraction_key, mask_key = jax.random.split(key)
