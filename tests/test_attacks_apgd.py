@@ -111,7 +111,7 @@ def _reference_apgd(logits_fn, x, labels, eps, steps, norm, loss, targeted, true
     ("inf", "dlr", True, False)])
 def test_matches_a_step_by_step_reference(norm, loss, targeted, random_start):
   x, y = _batch(3, seed=4)
-  eps, steps = (0.3 if norm == "inf" else 3.0), 40
+  eps, steps = (0.3 if norm == "inf" else 0.5), 40
   labels = (y + 3) % 10 if targeted else y
   clf = jd.StochasticClassifier(tanh_logits)
   result = apgd_result(KEY, clf, x, labels, eps=eps, steps=steps, norm=norm, loss=loss,

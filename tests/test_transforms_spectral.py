@@ -319,6 +319,15 @@ def test_bad_input_raises_clear_error(call, error, match):
 
 
 
+BAD_PER_CHANNEL = [
+    (lambda: spc.quantize(GOOD, np.array([4, 0, 8])), "levels"),
+    (lambda: spc.quantize(GOOD, np.array([4, -1, 8])), "levels"),
+    (lambda: spc.quantize(GOOD, np.array([4, 2.5, 8])), "levels"),
+    (lambda: spc.fft_perturb(KEY, GOOD, np.array([0.5, 2.0, 0.1])), "fraction"),
+    (lambda: spc.fft_perturb(KEY, GOOD, np.array([0.5, np.nan, 0.1])), "fraction"),
+]
+
+
 @pytest.mark.parametrize("call,match", BAD_PER_CHANNEL)
 def test_bad_per_channel_parameters_raise(call, match):
   """Out-of-range entries of a per-channel levels/fraction array raise like scalars do."""

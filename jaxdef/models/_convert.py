@@ -79,13 +79,21 @@ def _read_torch(path: str) -> Any:
     raise ValueError(
         f"refused to load {path}: the file contains pickled code/objects other than tensors "
         "and plain containers, and was refused for safety (torch.load weights_only=True). "
-        "Re-save a trusted checkpoint's state_dict with torch.save(model.state_dict(), ...). "
-        f"Details: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        "Re-save a trusted checkpoint's state_dict with torch.save(model.state_dict(), ...)."
+        + _unpickler_detail(e)) from e
   except (RuntimeError, EOFError, OSError, ValueError) as e:
     if isinstance(e, FileNotFoundError):
       raise
     raise ValueError(f"could not read {path} (truncated or corrupt?): "
                      f"{type(e).__name__}: {e}") from e
+
+
+def _unpickler_detail(error: Exception) -> str:
+  """The line of torch's message that names the refused global, if any."""
+  for line in str(error).splitlines():
+    if "Unsupported global" in line or "WeightsUnpickler error" in line:
+      return " Details: " + re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+  return ""
 
 
 def read_checkpoint(source: Any) -> Any:
@@ -150,7 +158,7 @@ def _looks_like(state: Mapping[str, Any]) -> str:
   kind = "bottleneck" if any(".conv3." in k for k in state) else "basic"
   for depth, (block, sizes) in _resnet.IMAGENET_DEPTHS.items():
     if (block, sizes) == (kind, stages):
-      return f"ResNet-{depth}"
+      return f"ResNet-{depth} (depth={depth})"
   if kind == "basic" and len(stages) == 3 and len(set(stages)) == 1:
     return f"a CIFAR ResNet-{6 * stages[0] + 2}"
   return f"no known ResNet ({kind} blocks per stage {stages})" if stages else "no ResNet"
