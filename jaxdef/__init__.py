@@ -9,6 +9,7 @@ start with an underscore are internal.
 from jaxdef import attacks
 from jaxdef import data
 from jaxdef import defenses
+from jaxdef import models
 from jaxdef import transforms
 from jaxdef.classifier import StochasticClassifier
 from jaxdef.defenses import bpda
@@ -21,5 +22,6 @@ __all__ = (
     "bpda",
     "data",
     "defenses",
+    "models",
     "transforms",
 )

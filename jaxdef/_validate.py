@@ -25,13 +25,17 @@ def is_concrete(x: Any) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def check_image(image: Any, name: str = "image", rank: int = 3) -> jax.Array:
+def check_image(image: Any, name: str = "image", rank: int = 3, *,
+                range_tolerance: float = RANGE_TOLERANCE) -> jax.Array:
   """Checks an image (rank 3, HWC) or batch (rank 4, NHWC) and returns it.
 
   Args:
     image: float array with values in [0, 1].
     name: the argument's name, used in error messages.
     rank: 3 for one HWC image, 4 for an NHWC batch.
+    range_tolerance: how far values may stray outside [0, 1] (rounding by
+      default; models accept defended images, e.g. unclipped noise, with a
+      loose bound that still catches 8-bit input).
 
   Returns:
     `image` as a `jax.Array` (unchanged dtype).
@@ -57,17 +61,20 @@ def check_image(image: Any, name: str = "image", rank: int = 3) -> jax.Array:
     if not np.all(np.isfinite(values)):
       raise ValueError(f"{name} contains NaN or inf values; pixel values must be finite, in [0, 1]")
     low, high = float(values.min()), float(values.max())
-    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+    if low < -range_tolerance or high > 1 + range_tolerance:
+      slack = "" if range_tolerance == RANGE_TOLERANCE else (
+          f" (up to {range_tolerance:g} outside, for defended images)")
       raise ValueError(
-          f"{name} values must lie in [0, 1], got min {low:.4g} and max {high:.4g}; "
+          f"{name} values must lie in [0, 1]{slack}, got min {low:.4g} and max {high:.4g}; "
           "scale 8-bit images by 1/255"
       )
   return jnp.asarray(image)
 
 
-def check_images(images: Any, name: str = "images") -> jax.Array:
+def check_images(images: Any, name: str = "images", *,
+                 range_tolerance: float = RANGE_TOLERANCE) -> jax.Array:
   """Checks an NHWC batch; see `check_image`."""
-  return check_image(images, name=name, rank=4)
+  return check_image(images, name=name, rank=4, range_tolerance=range_tolerance)
 
 
 def check_interval(

@@ -31,14 +31,22 @@ class StochasticClassifier:
       the identity (the undefended model).
     vote_chunk_size: draws evaluated at once by `predict` and `invariance`
       (memory bound: chunk x B forward passes at a time).
+    stochastic_model: True when the model itself is random, ``logits_fn(key,
+      images) -> logits`` (stochastic activation pruning,
+      `jaxdef.models.stochastic_logits_fn`). Each draw then splits its key
+      into a defense key and a model key, so EOT and votes average over both.
   """
 
-  def __init__(self, logits_fn: Callable[[jax.Array], jax.Array], defense: Any = None, *,
-               vote_chunk_size: int = 100):
+  def __init__(self, logits_fn: Callable[..., jax.Array], defense: Any = None, *,
+               vote_chunk_size: int = 100, stochastic_model: bool = False):
     if not callable(logits_fn):
+      expected = "(key, images) -> logits" if stochastic_model else "images -> logits"
       raise TypeError(
-          f"logits_fn must be callable images -> logits, got {type(logits_fn).__name__}")
+          f"logits_fn must be callable {expected}, got {type(logits_fn).__name__}")
     _validate.check_number(vote_chunk_size, "vote_chunk_size", low=1, integer=True)
+    if stochastic_model not in (True, False):
+      raise TypeError(f"stochastic_model must be True or False, got {stochastic_model!r}")
+    self.stochastic_model = bool(stochastic_model)
     self.logits_fn = logits_fn
     self.defense = defenses_core.as_defense(
         defense if defense is not None else (lambda key, images: images), name="identity")
@@ -57,6 +65,9 @@ class StochasticClassifier:
     Returns:
       float (B, num_classes).
     """
+    if self.stochastic_model:
+      defense_key, model_key = jax.random.split(key)
+      return self.logits_fn(model_key, self.defense.fn(defense_key, images))
     return self.logits_fn(self.defense.fn(key, images))
 
   def num_classes(self, images: jax.Array) -> int:
@@ -101,13 +112,16 @@ class StochasticClassifier:
   def invariance(self, key: jax.Array, images: jax.Array, n: int = 100) -> jax.Array:
     """Rate at which a single defended draw agrees with the undefended model.
 
+    With a stochastic model the undefended reference is one model draw
+    (keyed by `key`) on the clean images.
+
     Returns:
       float scalar in [0, 1]: the mean over n draws and the B images of
       [argmax logits(draw) == argmax logits_fn(images)].
     """
     images = self._checked(key, images)
     draws = jnp.argmax(self.draw_logits(key, images, n), -1)
-    clean = jnp.argmax(_undefended_logits(self, images), -1)
+    clean = jnp.argmax(_undefended_logits(self, key, images), -1)
     return jnp.mean(draws == clean[None])
 
   def _checked(self, key, images):
@@ -138,5 +152,7 @@ def _draw_logits(clf: StochasticClassifier, key, images, n: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _undefended_logits(clf: StochasticClassifier, images) -> jax.Array:
+def _undefended_logits(clf: StochasticClassifier, key, images) -> jax.Array:
+  if clf.stochastic_model:
+    return clf.logits_fn(jax.random.fold_in(key, 1), images)
   return clf.logits_fn(images)

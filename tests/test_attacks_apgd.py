@@ -18,6 +18,7 @@ from jaxdef.attacks import _apgd
 from jaxdef.attacks import _common
 from jaxdef.attacks._apgd import apgd
 from jaxdef.attacks._apgd import apgd_result
+from jaxdef.attacks._eot import eot_value
 from jaxdef.attacks._losses import objective
 from jaxdef.attacks._losses import targeted_dlr
 
@@ -126,7 +127,7 @@ def test_matches_a_step_by_step_reference(norm, loss, targeted, random_start):
   np.testing.assert_allclose(result.objective, f_max, rtol=1e-4, atol=1e-5)
 
 
-@settings(max_examples=16, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(eps=st.floats(0.001, 0.5), norm=st.sampled_from(["inf", "2"]),
        loss=st.sampled_from(["ce", "dlr"]), random_start=st.booleans(),
        steps=st.sampled_from([3, 12]), seed=st.integers(0, 10_000))
@@ -142,7 +143,8 @@ def test_never_worse_than_the_start_and_inside_the_ball(eps, norm, loss, random_
   f_start = objective(linear_logits(start), y, loss, False)
   f_adv = objective(linear_logits(adv), y, loss, False)
   assert np.all(np.asarray(f_adv) >= np.asarray(f_start) - 1e-5 * (1 + np.abs(f_start)))
-  np.testing.assert_allclose(result.objective, f_adv, rtol=1e-5, atol=1e-5)
+  # Separately compiled float32 reductions differ in the last bits (DLR ~ 40).
+  np.testing.assert_allclose(result.objective, f_adv, rtol=1e-4, atol=1e-5)
   delta = adv - np.asarray(x)
   assert adv.min() >= 0 and adv.max() <= 1
   if norm == "inf":
@@ -226,6 +228,13 @@ def test_eot_run_is_deterministic_bounded_and_chunkable():
   np.testing.assert_array_equal(first.objective, second.objective)
   np.testing.assert_allclose(chunked.adversarial, first.adversarial, atol=1e-5)
   np.testing.assert_allclose(chunked.objective, first.objective, rtol=1e-5, atol=1e-5)
+  # The reported objective is the 4-draw mean at the returned point, from the
+  # draws of the step that found it (not a single draw's loss).
+  steps_key = jax.random.split(KEY)[1]
+  objective_fn = lambda logits: objective(logits, y, "ce", False)
+  means = np.stack([eot_value(clf, jax.random.fold_in(steps_key, i), first.adversarial,
+                              objective_fn, 4) for i in range(9)])
+  assert np.all(np.isclose(means, np.asarray(first.objective), rtol=1e-5, atol=1e-6).any(0))
 
 
 def test_keys_and_eps_changes_do_not_recompile():

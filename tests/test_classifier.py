@@ -104,3 +104,36 @@ def test_bad_input(images):
     jd.StochasticClassifier("model")
   with pytest.raises(ValueError, match="logits of shape"):
     jd.StochasticClassifier(lambda x: x.sum()).num_classes(images)
+
+
+def test_stochastic_model_draws_split_the_key_between_defense_and_model(images):
+  """A keyed model (SAP-style) gets its own key per draw, so votes average over it."""
+  def keyed_logits(key, x):
+    return _flat_logits(x) + 10.0 * jax.nn.one_hot(
+        jax.random.randint(key, (x.shape[0],), 0, NUM_CLASSES), NUM_CLASSES)
+
+  defense = jd.defenses.randomized_smoothing(0.2)
+  clf = jd.StochasticClassifier(keyed_logits, defense, stochastic_model=True)
+  defense_key, model_key = jax.random.split(KEY)
+  np.testing.assert_allclose(clf.logits(KEY, images),
+                             keyed_logits(model_key, defense(defense_key, images)), atol=1e-6)
+  # The model's randomness dominates: 400 votes spread over every class.
+  counts = np.asarray(clf.vote_counts(KEY, images, n=400))
+  assert counts.sum() == 400 * images.shape[0] and (counts > 40).all()
+  grad = jax.grad(lambda x: clf.logits(KEY, x).sum())(images)
+  assert np.all(np.isfinite(grad))
+  with pytest.raises(TypeError, match="stochastic_model must be True or False"):
+    jd.StochasticClassifier(keyed_logits, stochastic_model="yes")
+
+
+def test_sap_resnet_behind_a_defense():
+  model, variables = jd.models.small_resnet(num_classes=10, activation="sap",
+                                            key=jax.random.key(1))
+  clf = jd.StochasticClassifier(jd.models.stochastic_logits_fn(model, variables),
+                                jd.defenses.randomized_smoothing(0.1), stochastic_model=True)
+  x = jax.random.uniform(KEY, (2, 28, 28, 1))
+  first = clf.logits(jax.random.key(1), x)
+  assert first.shape == (2, 10)
+  assert not np.allclose(first, clf.logits(jax.random.key(2), x))
+  np.testing.assert_array_equal(first, clf.logits(jax.random.key(1), x))
+  assert clf.predict(KEY, x, n=8).shape == (2,)

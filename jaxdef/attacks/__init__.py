@@ -6,6 +6,9 @@ loop. Functions named like the API return adversarial images; the
 (strength = steps x EOT draws).
 """
 
+from jaxdef.attacks._apgd import apgd
+from jaxdef.attacks._apgd import apgd_result
+from jaxdef.attacks._apgd import checkpoint_schedule
 from jaxdef.attacks._common import AttackResult
 from jaxdef.attacks._eot import eot_value
 from jaxdef.attacks._eot import eot_value_and_grad
@@ -25,6 +28,9 @@ from jaxdef.attacks._success import success_rate
 __all__ = (
     "AttackResult",
     "SuccessRate",
+    "apgd",
+    "apgd_result",
+    "checkpoint_schedule",
     "clopper_pearson",
     "cross_entropy",
     "dlr",

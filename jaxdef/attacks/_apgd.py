@@ -25,7 +25,7 @@ from jaxdef.attacks import _losses
 from jaxdef.attacks._eot import eot_value_and_grad
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def checkpoint_schedule(steps: int) -> tuple[int, ...]:
   """The step-size checkpoints w_j = ceil(p_j N) of an N-step run.
 
@@ -62,6 +62,7 @@ def _apgd_run(key, images, labels, true_labels, eps, rho, momentum, *, clf, step
   start_key, steps_key = jax.random.split(key)
   objective_fn = _objective_fn(labels, true_labels, loss, targeted)
   x0 = _common.random_start(start_key, images, eps, norm) if use_random_start else images
+  x0 = x0.astype(images.dtype)
 
   # Per step: is it a checkpoint, and how many steps since the previous one.
   marks = checkpoint_schedule(steps)
@@ -113,6 +114,7 @@ def _apgd_run(key, images, labels, true_labels, eps, rho, momentum, *, clf, step
     z = _common.project(x + eta * _common.ascent_direction(g, norm), images, eps, norm)
     a = jnp.where(i == 0, 1.0, momentum)
     x_next = _common.project(x + a * (z - x) + (1 - a) * (x - x_prev), images, eps, norm)
+    x_next = x_next.astype(images.dtype)  # eta is float32; keep the loop carry's dtype
     return dict(
         x=x_next, x_prev=x, f_from=f_from, eta=eta, ups=jnp.where(check, 0.0, ups),
         x_max=x_max, g_max=g_max, f_max=f_max,
@@ -132,7 +134,8 @@ def apgd_result(key, clf, images, labels, eps=8 / 255, steps=200, eot=1, norm="i
 
   `objective` is the EOT-averaged objective f_max of the returned point, as
   measured during the run (with EOT, the maximum of noisy means: re-evaluate
-  with fresh draws for an unbiased value).
+  with fresh draws for an unbiased value); -inf for an image whose objective
+  was NaN at every step (its returned point is then the start).
   """
   _validate.check_key(key)
   images, labels, true_labels, num_classes = _common.check_attack_args(

@@ -53,8 +53,13 @@ def _check_variables(model: nn.Module, variables: Any) -> int:
   return channels
 
 
+# Defended images may leave [0, 1] (unclipped randomized smoothing adds
+# N(0, sigma^2) noise); 8-bit images (up to 255) are still caught.
+MODEL_RANGE_TOLERANCE = 16.0
+
+
 def _checked_images(images: Any, channels: int) -> jax.Array:
-  images = _validate.check_images(images)
+  images = _validate.check_images(images, range_tolerance=MODEL_RANGE_TOLERANCE)
   if images.shape[-1] != channels:
     raise ValueError(f"images must have {channels} channels (the model's first conv takes "
                      f"{channels}), got shape {tuple(images.shape)}")

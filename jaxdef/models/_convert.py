@@ -272,11 +272,11 @@ def from_cohen_checkpoint(path_or_dict: Any, arch: str | None = None) -> dict:
 
   Args:
     path_or_dict: the checkpoint dict or its state_dict, or a path.
-    arch: "resnet50" | "cifar_resnet20" | "cifar_resnet110"; None reads the
-      checkpoint's "arch" entry.
+    arch: "resnet50" | "cifar_resnet110" | "cifar_resnet20" (any
+      "cifar_resnet<6n+2>"); None reads the checkpoint's "arch" entry.
 
   Returns:
-    Variables for ``resnet(50)`` or ``cifar_resnet(110)`` (or 20).
+    Variables for ``resnet(50)`` or ``cifar_resnet(depth)``.
   """
   checkpoint = read_checkpoint(path_or_dict)
   if arch is None:
@@ -284,8 +284,9 @@ def from_cohen_checkpoint(path_or_dict: Any, arch: str | None = None) -> dict:
     if arch is None:
       raise ValueError(f"arch must be given (one of {COHEN_ARCHS}): the checkpoint has no "
                        "'arch' entry")
-  if arch not in COHEN_ARCHS:
-    raise ValueError(f"arch must be one of {COHEN_ARCHS}, got {arch!r}")
+  cifar = re.fullmatch(r"cifar_resnet(\d+)", str(arch))
+  if arch != "resnet50" and not (cifar and (int(cifar[1]) - 2) % 6 == 0 and int(cifar[1]) >= 8):
+    raise ValueError(f"arch must be one of {COHEN_ARCHS} (or cifar_resnet<6n+2>), got {arch!r}")
   state = _state_dict(checkpoint, "path_or_dict")
   stripped = {}
   for key, value in state.items():
@@ -298,7 +299,7 @@ def from_cohen_checkpoint(path_or_dict: Any, arch: str | None = None) -> dict:
         stripped[key] = value
   if arch == "resnet50":
     return _convert_imagenet(stripped, 50)
-  depth = int(arch[len("cifar_resnet"):])
+  depth = int(cifar[1])
   if "fc.weight" not in stripped:
     raise ValueError(f"state_dict does not fit {arch}: missing keys: fc.weight")
   n = (depth - 2) // 6

@@ -328,7 +328,8 @@ def small_resnet(num_classes: int = 10, *, key: jax.Array | None = None,
   3x3 stem of ``widths[0]`` channels, one stage of `blocks_per_stage`
   BasicBlocks per width (stride 2 from the second stage on: 28 -> 14 -> 7),
   global average pooling and fc. Inputs are only centred (x - 0.5).
-  With the defaults: 78k parameters, about 22 MFLOPs per image.
+  With the defaults: 77,754 parameters and 17.3 MFLOPs per image (XLA cost
+  analysis of the forward pass; 9.4M multiply-adds counting padded taps).
 
   Args:
     num_classes: output classes.
