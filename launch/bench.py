@@ -14,7 +14,6 @@ import json
 import pathlib
 
 import jax
-
 from absl import app
 from absl import flags
 
