@@ -6,8 +6,10 @@ import os
 
 from jaxdef.experiments import _records
 from jaxdef.experiments._default import run_default
+from jaxdef.experiments._dry_run import describe
+from jaxdef.experiments._kxm import run_kxm_sweep
 
-_EXPERIMENTS = {"default": run_default}
+_EXPERIMENTS = {"default": run_default, "kxm_sweep": run_kxm_sweep}
 
 
 def run(config, workdir: str | os.PathLike):
@@ -20,4 +22,13 @@ def run(config, workdir: str | os.PathLike):
   return _EXPERIMENTS[name](config, run_dir)
 
 
-__all__ = ("run",)
+def dry_run(config) -> dict:
+  """Resolves `config` and returns what it would load and cost; computes nothing."""
+  name = config.get("experiment")
+  if name not in _EXPERIMENTS:
+    raise ValueError(f"config.experiment must be one of {', '.join(sorted(_EXPERIMENTS))}; "
+                     f"got {name!r}")
+  return describe(config)
+
+
+__all__ = ("dry_run", "run")

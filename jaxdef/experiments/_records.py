@@ -52,10 +52,53 @@ def environment() -> dict[str, Any]:
   }
 
 
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flat(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+  """Dotted names of the fields that differ between two config dicts."""
+  old_flat, new_flat = _flat(old), _flat(new)
+  return sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k))
+
+
 def start_run(config, workdir: str | os.PathLike) -> pathlib.Path:
-  """Creates the run directory and records the resolved config and environment."""
+  """Creates (or reopens) the run directory and records config and environment.
+
+  A workdir that already holds a run of a different config is refused, so
+  results of two configs are never mixed; the same config resumes.
+
+  Raises:
+    ValueError: the workdir holds another config's results.
+    OSError: the workdir cannot be created or written (message names it).
+  """
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise OSError(f"cannot create the workdir {workdir}: {error}") from error
+  if not os.access(workdir, os.W_OK):
+    raise OSError(f"the workdir {workdir} is not writable; pass another --workdir")
+  text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+  previous = workdir / "config.json"
+  if previous.exists():
+    try:
+      old = json.loads(previous.read_text())
+    except ValueError:
+      old = None
+    new = json.loads(text)
+    if old is None or old != new:
+      changed = "unreadable" if old is None else ", ".join(config_differences(old, new))
+      raise ValueError(
+          f"the workdir {workdir} holds results of a different config (changed: {changed}); "
+          f"rerun with the same config to resume, or start fresh with another --workdir "
+          f"(or delete {workdir})")
+  else:
+    write_atomic(previous, text)
   write_json(workdir / "environment.json", environment())
   return workdir

@@ -57,3 +57,66 @@ def defense_samples(pictures: dict[str, np.ndarray], clean: np.ndarray, path,
     axes[0, column].set_title(f"draw {column}", fontsize=8)
   figure.suptitle("Defense draws (same image, independent keys)", fontsize=9)
   return save(figure, path)
+
+
+def _grid(records, rows_key: str, columns_key: str, value_key: str = "rate"):
+  rows = sorted({r[rows_key] for r in records})
+  columns = sorted({r[columns_key] for r in records})
+  grid = np.full((len(rows), len(columns)), np.nan)
+  for r in records:
+    grid[rows.index(r[rows_key]), columns.index(r[columns_key])] = r[value_key]
+  return rows, columns, grid
+
+
+def success_heatmap(records, path, title: str) -> pathlib.Path:
+  """k x m heat map of attack success (best alpha per cell), rates in percent.
+
+  Args:
+    records: best-alpha cell records of one (model, defense, target mode),
+      each with "k", "m", "rate", "successes", "denominator".
+    path: output path without suffix.
+    title: figure title.
+  """
+  ks, ms, grid = _grid(records, "k", "m")
+  figure, axis = plt.subplots(figsize=(1.2 + 0.9 * len(ms), 1.0 + 0.45 * len(ks)))
+  image = axis.imshow(100 * grid, cmap="viridis", vmin=0, vmax=100, aspect="auto",
+                      origin="lower")
+  for i in range(len(ks)):
+    for j in range(len(ms)):
+      if np.isfinite(grid[i, j]):
+        axis.text(j, i, f"{100 * grid[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                  color="white" if grid[i, j] < 0.6 else "black")
+  axis.set_xticks(range(len(ms)), [str(m) for m in ms])
+  axis.set_yticks(range(len(ks)), [str(k) for k in ks])
+  axis.set_xlabel("EOT samples m")
+  axis.set_ylabel("PGD steps k")
+  axis.set_title(title, fontsize=9)
+  figure.colorbar(image, ax=axis, label="attack success (%)")
+  return save(figure, path)
+
+
+def success_curves(records, path, title: str) -> pathlib.Path:
+  """Success vs. PGD steps and vs. gradient computations, one line per m.
+
+  The two panels are the study's two views of the same runs: at equal
+  steps more EOT samples help; at equal gradient computations (k x m) they
+  may not. Error bars are the 95% Clopper-Pearson intervals.
+  """
+  figure, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+  for m in sorted({r["m"] for r in records}):
+    line = sorted((r for r in records if r["m"] == m), key=lambda r: r["k"])
+    rate = np.array([100 * r["rate"] for r in line])
+    error = np.array([[100 * (r["rate"] - r["ci_low"]) for r in line],
+                      [100 * (r["ci_high"] - r["rate"]) for r in line]])
+    for axis, x in ((axes[0], [r["k"] for r in line]),
+                    (axes[1], [r["gradient_computations"] for r in line])):
+      axis.errorbar(x, rate, yerr=error, marker="o", markersize=3, capsize=2, label=f"m = {m}")
+  axes[0].set_xlabel("PGD steps k")
+  axes[1].set_xlabel("gradient computations k x m")
+  axes[0].set_ylabel("attack success (%)")
+  for axis in axes:
+    axis.set_xscale("log")
+    axis.grid(alpha=0.3)
+  axes[1].legend(fontsize=8)
+  figure.suptitle(title, fontsize=9)
+  return save(figure, path)

@@ -1,0 +1,85 @@
+"""The k x m gradient-strength sweep (SPEC.md section 7).
+
+  python -m launch.run --config=configs/kxm_sweep.py[:variant] --workdir=runs/kxm
+Variants:
+  imagenet (default): torchvision ResNet-50 on 1,000 fixed ImageNet validation
+    images behind randomized smoothing (sigma 0.25, 0.5) and noise injection,
+    the study's full grid. Needs the weights (--config.models.resnet50.path)
+    and the ImageNet validation folder (--config.data.dir); try --dry_run first.
+  fashion: the same grid, reduced, on Fashion-MNIST with the small ResNet
+    trained here (no download).
+  tiny: seconds-long, for tests.
+Any field can be overridden, e.g. --config.attack.steps='(10, 20)' --config.attack.votes=100.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "imagenet"
+  config = ml_collections.ConfigDict()
+  config.experiment = "kxm_sweep"
+  config.seed = 0
+  config.progress = True
+
+  config.data = ml_collections.ConfigDict()
+  config.attack = ml_collections.ConfigDict()
+  config.attack.eps_255 = 8.0  # L-inf budget in 1/255 units
+  config.attack.steps = (10, 20, 50, 100, 200, 500, 1000)  # k, one trajectory per (m, alpha)
+  config.attack.eots = (1, 5, 10, 20)  # m
+  config.attack.alphas_255 = (0.5, 1.0, 2.0, 4.0)  # step sizes in 1/255 units
+  config.attack.targeted = (False, True)
+  config.attack.votes = 500
+  config.attack.vote_chunk_size = 100
+  config.attack.eot_chunk_size = 0  # 0: all m draws at once
+
+  if variant == "imagenet":
+    config.data.name = "imagenet"
+    config.data.source = "folder"  # or "tfds"
+    config.data.split = "validation"
+    config.data.dir = ""  # the validation folder (class-per-folder) or the tfds data_dir
+    config.data.num_images = 1000
+    config.data.target_label = -1  # the last class, 999
+    config.models = ml_collections.ConfigDict({
+        "resnet50": {"source": "torchvision", "depth": 50, "path": ""}})
+    config.defenses = ml_collections.ConfigDict({
+        "smoothing_025": {"name": "randomized_smoothing", "sigma": 0.25},
+        "smoothing_050": {"name": "randomized_smoothing", "sigma": 0.5},
+        "noise": {"name": "noise"},
+    })
+  elif variant in ("fashion", "tiny"):
+    config.data.name = "fashion_mnist"
+    config.data.source = "idx"
+    config.data.split = "test"
+    config.data.dir = ""
+    config.data.num_images = 200
+    config.data.target_label = -1  # the last class, 9 (ankle boot)
+    config.models = ml_collections.ConfigDict({
+        "base": {"source": "fashion_small_resnet", "finetune_defense": ""}})
+    config.defenses = ml_collections.ConfigDict({
+        "smoothing_025": {"name": "randomized_smoothing", "sigma": 0.25},
+        "noise": {"name": "noise"},
+    })
+    # Fashion-MNIST needs a larger budget than ImageNet's 8/255 to be broken.
+    config.attack.eps_255 = 16.0
+    config.attack.steps = (10, 20, 50, 100)
+    config.attack.eots = (1, 5, 10)
+    config.attack.alphas_255 = (1.0, 4.0)
+    config.attack.votes = 100
+    if variant == "tiny":
+      config.data.num_images = 8
+      config.models = ml_collections.ConfigDict({
+          "untrained": {"source": "small_resnet", "widths": (4, 8)}})
+      config.defenses = ml_collections.ConfigDict({
+          "smoothing_025": {"name": "randomized_smoothing", "sigma": 0.25}})
+      config.attack.steps = (1, 3)
+      config.attack.eots = (1, 2)
+      config.attack.alphas_255 = (2.0, 8.0)
+      config.attack.votes = 8
+      config.attack.vote_chunk_size = 4
+  else:
+    raise ValueError(f"unknown variant {variant!r} of configs/kxm_sweep.py; "
+                     "allowed: imagenet, fashion, tiny")
+  return config

@@ -1,0 +1,76 @@
+"""The k x m gradient-strength sweep of SPEC.md section 7 (config `kxm_sweep`).
+
+PGD steps k x EOT samples m x step alpha, best alpha per (k, m), untargeted
+and targeted, for every configured model behind every configured defense.
+Writes records/ (one JSON per cell), results.csv, summary.md and, per
+(model, defense, target mode), a k x m heat map and the success curves
+against steps and against gradient computations.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+
+from jaxdef import StochasticClassifier
+from jaxdef.experiments import _records
+from jaxdef.experiments import _sources
+from jaxdef.experiments import _sweep
+from jaxdef.reports import figures
+from jaxdef.reports import tables
+
+CSV_COLUMNS = ("model", "defense", "targeted", "k", "m", "alpha_255", "eps",
+               "gradient_computations", "successes", "denominator", "num_images", "num_votes",
+               "rate", "ci_low", "ci_high", "nonfinite_images",
+               "attack_seconds_whole_trajectory", "vote_seconds")
+
+
+def sweep_spec(config, model_labels, defense_labels) -> _sweep.SweepSpec:
+  attack = config.attack
+  return _sweep.SweepSpec(
+      models=tuple(model_labels), defenses=tuple(defense_labels),
+      targeted=tuple(bool(t) for t in attack.targeted), eots=tuple(int(m) for m in attack.eots),
+      alphas=tuple(float(a) / 255 for a in attack.alphas_255),
+      checkpoints=tuple(int(k) for k in attack.steps), eps=float(attack.eps_255) / 255,
+      votes=int(attack.votes), eot_chunk_size=attack.get("eot_chunk_size") or None)
+
+
+def summarize(records, workdir: pathlib.Path, title: str) -> str:
+  """Writes results.csv, the figures and summary.md; returns the summary text."""
+  _records.write_atomic(workdir / "results.csv", tables.csv(records, CSV_COLUMNS))
+  best = _sweep.best_alpha(records)
+  lines = [f"# {title}", ""]
+  groups = sorted({(r["model"], r["defense"], r["targeted"]) for r in best})
+  for model, defense, targeted in groups:
+    group = [r for r in best if (r["model"], r["defense"], r["targeted"]) == (model, defense,
+                                                                                targeted)]
+    mode = "targeted" if targeted else "untargeted"
+    name = f"{model}__{defense}__{mode}"
+    heading = f"{model} behind {defense}, {mode}"
+    heat = figures.success_heatmap(group, workdir / "figures" / f"heatmap__{name}", heading)
+    curves = figures.success_curves(group, workdir / "figures" / f"curves__{name}", heading)
+    lines += [f"## {heading}", "",
+              f"Attack success, best alpha per cell (rows: PGD steps k; columns: EOT m; "
+              f"{group[0]['num_votes']} votes; denominators are the initially correct images).",
+              "", tables.grid(group, "k", "m", row_title="k", column_title="m"), "",
+              f"![heat map](figures/{heat.name}) ![curves](figures/{curves.name})", ""]
+  summary = "\n".join(lines)
+  _records.write_atomic(workdir / "summary.md", summary)
+  return summary
+
+
+def run_kxm_sweep(config, workdir: pathlib.Path) -> dict:
+  """Runs (or resumes) the configured sweep; returns {"records", "summary"}."""
+  dataset = _sources.load_eval_data(config, workdir)
+  logits_fns = _sources.load_models(config, workdir)
+  defenses = _sources.build_defenses(config.defenses)
+  classifiers = {(m, d): StochasticClassifier(fn, defense,
+                                              vote_chunk_size=config.attack.vote_chunk_size)
+                 for m, fn in logits_fns.items() for d, defense in defenses.items()}
+  spec = sweep_spec(config, logits_fns, defenses)
+  records = _sweep.run_sweep(spec, classifiers, dataset.images, dataset.labels, dataset.targets,
+                             jax.random.key(config.seed), workdir, progress=config.progress)
+  summary = summarize(records, workdir, f"k x m sweep: {dataset.name}")
+  print(summary)
+  return {"records": records, "summary": summary}

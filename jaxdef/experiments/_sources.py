@@ -1,0 +1,128 @@
+"""What an experiment config names: its evaluation data, models and defenses.
+
+Config sections read here:
+  data: name ("fashion_mnist" | "imagenet" | "imagenette" | "cifar10"), split,
+    num_images, dir (a folder; empty for the default place), source
+    ("idx" | "folder" | "tfds"), target_label (the targeted attacks' target;
+    -1 = the last class, the study's choice).
+  models: label -> {source, ...}; sources: "small_resnet" (random init, for
+    smoke runs), "fashion_small_resnet" (trained on Fashion-MNIST with
+    `jaxdef.train`, cached), "torchvision" (path, depth), "cohen" (path, arch),
+    "variables" (path, depth/arch of a saved msgpack).
+  defenses: label -> {name, **params} of the defense registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxdef import data
+from jaxdef import defenses as defenses_lib
+from jaxdef import models
+from jaxdef.experiments import _records
+
+DATASETS = ("fashion_mnist", "imagenet", "imagenette", "cifar10")
+MODEL_SOURCES = ("small_resnet", "fashion_small_resnet", "torchvision", "cohen", "variables")
+NUM_CLASSES = {"fashion_mnist": 10, "imagenet": 1000, "imagenette": 10, "cifar10": 10}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+  """The evaluation subset: images float32 (B, H, W, C) in [0, 1], int32 labels."""
+  name: str
+  images: jax.Array
+  labels: jax.Array
+  targets: jax.Array  # target labels of targeted attacks
+  indices: np.ndarray  # positions in the split
+
+
+def build_defenses(config_defenses) -> dict[str, defenses_lib.Defense]:
+  """Builds the defenses of a config's ``defenses`` section (label -> entry)."""
+  built = {}
+  for label, entry in config_defenses.items():
+    params = dict(entry)
+    name = params.pop("name", None)
+    if name is None:
+      raise ValueError(f"config.defenses.{label} needs a 'name' (one of "
+                       f"{', '.join(defenses_lib.available())})")
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    built[label] = defenses_lib.get(name, **params)
+  return built
+
+
+def targets_for(labels: np.ndarray, num_classes: int, target_label: int) -> np.ndarray:
+  """The study's targets: one fixed class (default the last); images of that
+  class target class 0 instead, so no target equals a true label."""
+  target = num_classes - 1 if target_label < 0 else int(target_label)
+  if not 0 <= target < num_classes:
+    raise ValueError(f"config.data.target_label must be in [-1, {num_classes - 1}], "
+                     f"got {target_label}")
+  fallback = 0 if target != 0 else 1
+  return np.where(labels == target, fallback, target).astype(np.int32)
+
+
+def _load_split(cfg) -> tuple[np.ndarray, np.ndarray]:
+  if cfg.name not in DATASETS:
+    raise ValueError(f"config.data.name must be one of {', '.join(DATASETS)}; got {cfg.name!r}")
+  if cfg.name == "fashion_mnist":
+    return data.load_fashion_mnist(cfg.split, cfg.get("dir") or None)
+  raise NotImplementedError(f"config.data.name={cfg.name!r} needs the loaders of jaxdef.data")
+
+
+def load_eval_data(config, workdir: pathlib.Path) -> EvalData:
+  """Loads the configured split, picks the fixed subset and records its indices."""
+  cfg = config.data
+  images, labels = _load_split(cfg)
+  count = int(cfg.num_images)
+  if not 1 <= count <= len(images):
+    raise ValueError(f"config.data.num_images must be in [1, {len(images)}], got {count}")
+  rng = np.random.default_rng(config.seed)
+  indices = np.sort(rng.choice(len(images), size=count, replace=False))
+  _records.write_json(workdir / "indices.json", {
+      "dataset": cfg.name, "split": cfg.split, "seed": int(config.seed),
+      "indices": indices.tolist()})
+  labels = np.asarray(labels[indices], np.int32)
+  targets = targets_for(labels, NUM_CLASSES[cfg.name], int(cfg.get("target_label", -1)))
+  return EvalData(cfg.name, jax.numpy.asarray(images[indices]), jax.numpy.asarray(labels),
+                  jax.numpy.asarray(targets), indices)
+
+
+def load_models(config, workdir: pathlib.Path) -> dict[str, Any]:
+  """Model label -> pure ``logits_fn(images) -> logits``."""
+  fns = {}
+  for label, entry in config.models.items():
+    fns[label] = load_model(label, entry, config, workdir)
+  return fns
+
+
+def load_model(label: str, entry, config, workdir: pathlib.Path):
+  source = entry.get("source")
+  if source not in MODEL_SOURCES:
+    raise ValueError(f"config.models.{label}.source must be one of {', '.join(MODEL_SOURCES)}; "
+                     f"got {source!r}")
+  num_classes = NUM_CLASSES[config.data.name]
+  if source == "small_resnet":
+    model, variables = models.small_resnet(num_classes, key=jax.random.key(config.seed),
+                                           widths=tuple(entry.get("widths", (16, 32, 64))))
+    return models.logits_fn(model, variables)
+  if source == "torchvision":
+    depth = int(entry.depth)
+    model, _ = models.resnet(depth, num_classes)
+    return models.logits_fn(model, models.from_torchvision(entry.path, depth=depth))
+  if source == "cohen":
+    arch = entry.get("arch") or None
+    variables = models.from_cohen_checkpoint(entry.path, arch=arch)
+    model, _ = (models.cifar_resnet(110) if (arch or "").startswith("cifar")
+                else models.resnet(50, 1000))
+    return models.logits_fn(model, variables)
+  if source == "variables":
+    model, like = models.resnet(int(entry.depth), num_classes)
+    return models.logits_fn(model, models.load_variables(entry.path, like=like))
+  from jaxdef.experiments import _fashion_models
+
+  return _fashion_models.logits_fn(label, entry, config, workdir)
