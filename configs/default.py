@@ -4,29 +4,68 @@ Launch (all set-up included, from a fresh clone):
   bash launch/setup.sh && .venv/bin/python -m launch.run
 which is the same as
   .venv/bin/python -m launch.run --config=configs/default.py --workdir=runs/default
-Variants: `configs/default.py:tiny` is a seconds-long run for tests.
+Variants: `configs/default.py:tiny` is a short run for tests (a model
+trained for a few hundred steps, a 2 x 2 grid).
+
+Sizes are chosen for two CPU cores: the models are cached in models_dir
+(a rerun skips training), and the sweep resumes cell by cell.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from configs import theory as theory_config
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = "default"
   config.seed = 0
+  config.progress = True
+  config.models_dir = "runs/models"  # trained models, shared across runs
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "fashion_mnist"
+  config.data.source = "idx"
   config.data.split = "test"
-  config.data.num_images = 16
+  config.data.num_images = 100
   config.data.dir = ""  # empty: $JAXDEF_FASHION_MNIST_DIR or the Debian package's folder
+  config.data.target_label = -1  # targeted attacks aim at the last class, 9 (ankle boot)
 
-  # Each entry: a registered defense name and its parameters.
+  # The small ResNet, and a copy fine-tuned on the attacked defense's data.
+  base = {"source": "fashion_small_resnet", "widths": (8, 16, 32), "epochs": 4,
+          "batch_size": 256, "learning_rate": 1e-3}
+  config.models = ml_collections.ConfigDict({
+      "base": dict(base, finetune_defense=""),
+      "invariant": dict(base, finetune_defense="smoothing_025", finetune_epochs=2,
+                        finetune_learning_rate=3e-4),
+  })
   config.defenses = ml_collections.ConfigDict({
       "smoothing_025": {"name": "randomized_smoothing", "sigma": 0.25},
-      "smoothing_050": {"name": "randomized_smoothing", "sigma": 0.5},
+  })
+
+  config.attack = ml_collections.ConfigDict()
+  # Fashion-MNIST models need a larger budget than ImageNet's 8/255 to be broken.
+  config.attack.eps_255 = 16.0
+  config.attack.steps = (10, 20, 50)  # k: one trajectory per (m, alpha)
+  config.attack.eots = (1, 5)  # m: k=50 x m=1 and k=10 x m=5 cost the same
+  config.attack.alphas_255 = (2.0, 6.0)
+  config.attack.targeted = (False, True)
+  config.attack.votes = 50
+  config.attack.vote_chunk_size = 50
+  config.attack.eot_chunk_size = 0
+
+  config.theory = theory_config.theory_section()
+
+  # The defense survey: what each defense does to the images.
+  config.survey = ml_collections.ConfigDict()
+  config.survey.num_images = 16
+  config.survey.num_samples = 50
+  config.survey.chunk_size = 25
+  config.survey.pictures_per_defense = 6
+  config.survey.defenses = ml_collections.ConfigDict({
+      "smoothing_025": {"name": "randomized_smoothing", "sigma": 0.25},
       "noise": {"name": "noise"},
       "gaussian_blur": {"name": "gaussian_blur"},
       "median_blur": {"name": "median_blur"},
@@ -36,15 +75,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "bart_3": {"name": "bart", "kappa": 3},
       "bart_6": {"name": "bart", "kappa": 6},
   })
-  config.num_samples = 100  # draws per image in the defense survey
-  config.chunk_size = 50  # draws computed at once (memory bound)
-  config.pictures_per_defense = 6
 
   if arg == "tiny":
-    config.data.num_images = 4
-    config.num_samples = 8
-    config.chunk_size = 4
-    config.defenses = ml_collections.ConfigDict({
+    config.data.num_images = 8
+    for entry in config.models.values():
+      entry.widths = (4, 8)
+      entry.epochs = 1
+      entry.train_images = 2048
+      entry.batch_size = 256
+    config.models.invariant.finetune_epochs = 1
+    config.attack.steps = (1, 3)
+    config.attack.eots = (1, 3)
+    config.attack.votes = 8
+    config.attack.vote_chunk_size = 8
+    config.theory.mc_samples = 20_000
+    config.theory.num_k = 9
+    config.survey.num_images = 4
+    config.survey.num_samples = 8
+    config.survey.chunk_size = 4
+    config.survey.defenses = ml_collections.ConfigDict({
         "smoothing_025": {"name": "randomized_smoothing", "sigma": 0.25},
         "bart_2": {"name": "bart", "kappa": 2},
     })

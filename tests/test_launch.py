@@ -1,4 +1,4 @@
-"""One end-to-end run of the launcher on the tiny default config."""
+"""The launcher: configs by path and variant, overrides, unknown names, dry runs."""
 
 import json
 import os
@@ -14,24 +14,10 @@ from jaxdef import experiments
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def test_default_tiny_run_writes_its_records(tmp_path):
-  config = default_config.get_config("tiny")
-  result = experiments.run(config, tmp_path)
-  for name in ("config.json", "environment.json", "indices.json", "defense_survey.json",
-               "summary.md", "defense_samples.png", "defense_samples.pdf"):
-    assert (tmp_path / name).is_file(), name
-  survey = json.loads((tmp_path / "defense_survey.json").read_text())
-  assert [r["label"] for r in survey] == [r["label"] for r in result["survey"]]
-  for record in survey:
-    assert record["num_samples"] == config.num_samples
-    assert record["std_across_draws"] > 0  # every configured defense is random
-    assert record["draws_per_second"] > 0
-  bart = next(r for r in survey if r["label"] == "bart_2")
-  assert 0 <= bart["value_range"][0] <= bart["value_range"][1] <= 1
-  indices = json.loads((tmp_path / "indices.json").read_text())["indices"]
-  assert len(indices) == config.data.num_images == len(set(indices))
-  summary = (tmp_path / "summary.md").read_text()
-  assert "bart_2" in summary and "not yet available" in summary
+def _launch(*args):
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  return subprocess.run([sys.executable, "-m", "launch.run", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
 
 
 def test_unknown_variant_and_experiment_are_named(tmp_path):
@@ -44,10 +30,26 @@ def test_unknown_variant_and_experiment_are_named(tmp_path):
 
 
 def test_launcher_command_line_with_overrides(tmp_path):
-  env = dict(os.environ, PYTHONPATH=str(ROOT))
-  command = [sys.executable, "-m", "launch.run", "--config=configs/default.py:tiny",
-             "--config.num_samples=3", f"--workdir={tmp_path}"]
-  done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  done = _launch("--config=configs/theory.py:tiny", "--config.theory.eps=0.25",
+                 f"--workdir={tmp_path}")
   assert done.returncode == 0, done.stderr[-3000:]
   config = json.loads((tmp_path / "config.json").read_text())
-  assert config["num_samples"] == 3
+  assert config["theory"]["eps"] == 0.25
+  assert json.loads((tmp_path / "theory.json").read_text())["eps"] == 0.25
+
+
+def test_override_of_the_wrong_type_is_named(tmp_path):
+  done = _launch("--config=configs/theory.py:tiny", "--config.theory.num_k=many",
+                 f"--workdir={tmp_path}")
+  assert done.returncode != 0
+  assert "num_k" in done.stderr
+  assert not (tmp_path / "config.json").exists()
+
+
+def test_default_config_dry_run_names_loaders_and_cost():
+  done = _launch("--dry_run")
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = json.loads(done.stdout[done.stdout.index("{\n"):])
+  assert report["experiment"] == "default"
+  assert report["models"] == {"base": "fashion_small_resnet", "invariant": "fashion_small_resnet"}
+  assert report["image_gradients"] == 2 * 2 * 2 * (1 + 5) * 50 * 100

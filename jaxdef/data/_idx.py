@@ -57,15 +57,21 @@ def _find(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
   return None
 
 
-def load_fashion_mnist(split: str = "test", data_dir: str | None = None):
-  """Loads Fashion-MNIST from IDX files.
+def load_fashion_mnist(split: str = "test", data_dir: str | None = None, *,
+                       tfds_data_dir: str | os.PathLike | None = None, download: bool = True):
+  """Loads Fashion-MNIST from IDX files, else through tensorflow-datasets.
 
   Looks in `data_dir`, else $JAXDEF_FASHION_MNIST_DIR, else
-  /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist).
+  /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist). Without
+  the files there, reads tfds `fashion_mnist` prepared in `tfds_data_dir`, or
+  (with `download`) downloads and prepares it, which needs the network and
+  TensorFlow.
 
   Args:
     split: "train" (60,000 images) or "test" (10,000).
     data_dir: folder holding the IDX files (.gz or plain).
+    tfds_data_dir: tfds data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    download: let tfds download the data when it is not prepared.
 
   Returns:
     (images, labels): float32 (N, 28, 28, 1) in [0, 1] and int32 (N,).
@@ -80,12 +86,32 @@ def load_fashion_mnist(split: str = "test", data_dir: str | None = None):
   image_stem, label_stem = _FILES[split]
   image_path, label_path = _find(directory, image_stem), _find(directory, label_stem)
   if image_path is None or label_path is None:
-    raise FileNotFoundError(
-        f"Fashion-MNIST {split} files ({image_stem}[.gz], {label_stem}[.gz]) not found in "
-        f"{directory}. Install them with `sudo apt-get install dataset-fashion-mnist` "
-        f"(files land in {DEFAULT_DIR}), or set {ENV_VAR} / data_dir to a folder holding them."
-    )
+    try:
+      return _load_with_tfds(split, tfds_data_dir, download)
+    except Exception as err:  # Whatever failed in tfds, the user needs both options.
+      raise FileNotFoundError(
+          f"Fashion-MNIST {split} files ({image_stem}[.gz], {label_stem}[.gz]) not found in "
+          f"{directory}. Install them with `sudo apt-get install dataset-fashion-mnist` "
+          f"(files land in {DEFAULT_DIR}), or set {ENV_VAR} / data_dir to a folder holding "
+          "them. The tensorflow-datasets fallback (fashion_mnist, prepared in tfds_data_dir "
+          f"or downloaded when online) failed too: {err}"
+      ) from err
   images, labels = read_idx(image_path), read_idx(label_path)
   if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
     raise ValueError(f"Fashion-MNIST files disagree: images {images.shape}, labels {labels.shape}")
   return (images[..., None].astype(np.float32) / 255.0), labels.astype(np.int32)
+
+
+def _load_with_tfds(split: str, tfds_data_dir, download: bool):
+  from jaxdef.data import _tfds  # Lazy: imports tensorflow-datasets.
+
+  try:
+    return _tfds.load_tfds_arrays(_tfds.FASHION_MNIST, split, data_dir=tfds_data_dir)
+  except FileNotFoundError as not_prepared:
+    if not download:
+      raise
+    try:
+      _tfds.prepare_tfds(_tfds.FASHION_MNIST, data_dir=tfds_data_dir, download=True)
+    except Exception as err:
+      raise FileNotFoundError(f"{not_prepared} Downloading it failed: {err}") from err
+  return _tfds.load_tfds_arrays(_tfds.FASHION_MNIST, split, data_dir=tfds_data_dir)

@@ -8,8 +8,9 @@ from jaxdef.experiments import _records
 from jaxdef.experiments._default import run_default
 from jaxdef.experiments._dry_run import describe
 from jaxdef.experiments._kxm import run_kxm_sweep
+from jaxdef.experiments._theory import run_theory
 
-_EXPERIMENTS = {"default": run_default, "kxm_sweep": run_kxm_sweep}
+_EXPERIMENTS = {"default": run_default, "kxm_sweep": run_kxm_sweep, "theory": run_theory}
 
 
 def run(config, workdir: str | os.PathLike):

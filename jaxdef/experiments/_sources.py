@@ -24,7 +24,6 @@ import numpy as np
 from jaxdef import data
 from jaxdef import defenses as defenses_lib
 from jaxdef import models
-from jaxdef.experiments import _records
 
 DATASETS = ("fashion_mnist", "imagenet", "imagenette", "cifar10")
 MODEL_SOURCES = ("small_resnet", "fashion_small_resnet", "torchvision", "cohen", "variables")
@@ -66,30 +65,46 @@ def targets_for(labels: np.ndarray, num_classes: int, target_label: int) -> np.n
   return np.where(labels == target, fallback, target).astype(np.int32)
 
 
-def _load_split(cfg) -> tuple[np.ndarray, np.ndarray]:
+def _load_split(cfg):
+  """A lazy source of the configured split (`jaxdef.data.Source`)."""
   if cfg.name not in DATASETS:
     raise ValueError(f"config.data.name must be one of {', '.join(DATASETS)}; got {cfg.name!r}")
+  source = cfg.get("source", "idx")
+  directory = cfg.get("dir") or None
   if cfg.name == "fashion_mnist":
-    return data.load_fashion_mnist(cfg.split, cfg.get("dir") or None)
-  raise NotImplementedError(f"config.data.name={cfg.name!r} needs the loaders of jaxdef.data")
+    return data.ArraySource(*data.load_fashion_mnist(cfg.split, directory))
+  if source == "folder":
+    if not directory:
+      raise ValueError(f"config.data.dir must name the class-per-folder directory of "
+                       f"{cfg.name} ({cfg.split}) when config.data.source is 'folder'")
+    class_names = data.imagenet_class_names() if cfg.name in ("imagenet", "imagenette") else None
+    return data.ImageFolder(directory, class_names=class_names)
+  if source != "tfds":
+    raise ValueError(f"config.data.source must be 'folder' or 'tfds' for {cfg.name}, "
+                     f"got {source!r}")
+  if cfg.name == "imagenet":
+    return data.imagenet_validation(data_dir=directory)
+  if cfg.name == "imagenette":
+    return data.imagenette(cfg.split, data_dir=directory)
+  return data.cifar10(cfg.split, data_dir=directory)
 
 
 def load_eval_data(config, workdir: pathlib.Path) -> EvalData:
   """Loads the configured split, picks the fixed subset and records its indices."""
   cfg = config.data
-  images, labels = _load_split(cfg)
+  source = _load_split(cfg)
   count = int(cfg.num_images)
-  if not 1 <= count <= len(images):
-    raise ValueError(f"config.data.num_images must be in [1, {len(images)}], got {count}")
-  rng = np.random.default_rng(config.seed)
-  indices = np.sort(rng.choice(len(images), size=count, replace=False))
-  _records.write_json(workdir / "indices.json", {
-      "dataset": cfg.name, "split": cfg.split, "seed": int(config.seed),
-      "indices": indices.tolist()})
-  labels = np.asarray(labels[indices], np.int32)
+  if not 1 <= count <= len(source):
+    raise ValueError(f"config.data.num_images must be in [1, {len(source)}], got {count}")
+  # Chosen once by seed and written next to the results, so a rerun (or a
+  # resumed run) evaluates exactly the same images.
+  indices = data.fixed_subset(workdir / "indices.json", dataset=cfg.name, split=cfg.split,
+                              num_items=len(source), size=count, seed=int(config.seed))
+  images, labels = data.load_arrays(source, indices)
+  labels = np.asarray(labels, np.int32)
   targets = targets_for(labels, NUM_CLASSES[cfg.name], int(cfg.get("target_label", -1)))
-  return EvalData(cfg.name, jax.numpy.asarray(images[indices]), jax.numpy.asarray(labels),
-                  jax.numpy.asarray(targets), indices)
+  return EvalData(cfg.name, jax.numpy.asarray(images), jax.numpy.asarray(labels),
+                  jax.numpy.asarray(targets), np.asarray(indices))
 
 
 def load_models(config, workdir: pathlib.Path) -> dict[str, Any]:

@@ -120,3 +120,29 @@ def success_curves(records, path, title: str) -> pathlib.Path:
   axes[1].legend(fontsize=8)
   figure.suptitle(title, fontsize=9)
   return save(figure, path)
+
+
+def theory_curves(rows, path, title: str) -> pathlib.Path:
+  """Benign accuracy, robust accuracy and invariance R(k) over the threshold k.
+
+  Args:
+    rows: `jaxdef.theory.table` rows (with or without the vote columns).
+    path: output path without suffix.
+    title: figure title.
+  """
+  ks = [r["k"] for r in rows]
+  figure, axis = plt.subplots(figsize=(5.5, 3.4))
+  for key, label, style in (("accuracy", "benign accuracy", "-"),
+                            ("robust_accuracy", "robust accuracy", "-"),
+                            ("invariance", "invariance R(k)", "-"),
+                            ("vote_accuracy", "benign accuracy (vote)", "--"),
+                            ("vote_robust_accuracy", "robust accuracy (vote)", "--")):
+    if key in rows[0]:
+      axis.plot(ks, [r[key] for r in rows], style, label=label)
+  axis.axvline(1.0, color="gray", lw=0.8, ls=":")
+  axis.set_xlabel("threshold k (k = 1: trained invariance)")
+  axis.set_ylabel("rate")
+  axis.grid(alpha=0.3)
+  axis.legend(fontsize=7)
+  axis.set_title(title, fontsize=9)
+  return save(figure, path)
