@@ -20,7 +20,6 @@ import pathlib
 import jax
 import numpy as np
 
-from jaxdef import StochasticClassifier
 from jaxdef.experiments import _defense_survey
 from jaxdef.experiments import _kxm
 from jaxdef.experiments import _records
@@ -127,9 +126,7 @@ def run_default(config, workdir: pathlib.Path) -> dict:
 
   logits_fns = _sources.load_models(config, workdir)
   defenses = _sources.build_defenses(config.defenses)
-  classifiers = {(m, d): StochasticClassifier(fn, defense,
-                                              vote_chunk_size=config.attack.vote_chunk_size)
-                 for m, fn in logits_fns.items() for d, defense in defenses.items()}
+  classifiers = _sources.classifiers(config, logits_fns, defenses)
   accuracy_rows = _accuracies(config, classifiers, dataset)
   _records.write_json(workdir / "accuracy.json", accuracy_rows)
 

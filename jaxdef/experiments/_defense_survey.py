@@ -19,20 +19,6 @@ from tqdm import tqdm
 from jaxdef import defenses as defenses_lib
 
 
-def build_defenses(config_defenses) -> dict[str, defenses_lib.Defense]:
-  """Builds the defenses of a config's ``defenses`` section (label -> entry)."""
-  built = {}
-  for label, entry in config_defenses.items():
-    params = dict(entry)
-    name = params.pop("name", None)
-    if name is None:
-      raise ValueError(f"config.defenses.{label} needs a 'name' (one of "
-                       f"{', '.join(defenses_lib.available())})")
-    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-    built[label] = defenses_lib.get(name, **params)
-  return built
-
-
 def survey(defenses: dict[str, defenses_lib.Defense], key: jax.Array, images: jax.Array,
            num_samples: int, chunk_size: int) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
   """Draws every defense and measures distortion, randomness and speed.

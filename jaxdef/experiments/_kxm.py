@@ -13,7 +13,6 @@ import pathlib
 
 import jax
 
-from jaxdef import StochasticClassifier
 from jaxdef.experiments import _records
 from jaxdef.experiments import _sources
 from jaxdef.experiments import _sweep
@@ -65,9 +64,7 @@ def run_kxm_sweep(config, workdir: pathlib.Path) -> dict:
   dataset = _sources.load_eval_data(config, workdir)
   logits_fns = _sources.load_models(config, workdir)
   defenses = _sources.build_defenses(config.defenses)
-  classifiers = {(m, d): StochasticClassifier(fn, defense,
-                                              vote_chunk_size=config.attack.vote_chunk_size)
-                 for m, fn in logits_fns.items() for d, defense in defenses.items()}
+  classifiers = _sources.classifiers(config, logits_fns, defenses)
   spec = sweep_spec(config, logits_fns, defenses)
   records = _sweep.run_sweep(spec, classifiers, dataset.images, dataset.labels, dataset.targets,
                              jax.random.key(config.seed), workdir, progress=config.progress)

@@ -24,6 +24,7 @@ import numpy as np
 from jaxdef import data
 from jaxdef import defenses as defenses_lib
 from jaxdef import models
+from jaxdef.classifier import StochasticClassifier
 
 DATASETS = ("fashion_mnist", "imagenet", "imagenette", "cifar10")
 MODEL_SOURCES = ("small_resnet", "fashion_small_resnet", "torchvision", "cohen", "variables")
@@ -52,6 +53,14 @@ def build_defenses(config_defenses) -> dict[str, defenses_lib.Defense]:
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     built[label] = defenses_lib.get(name, **params)
   return built
+
+
+def classifiers(config, logits_fns: dict[str, Any], defenses: dict[str, Any]
+                ) -> dict[tuple[str, str], StochasticClassifier]:
+  """(model label, defense label) -> the defended classifier, for every pair."""
+  return {(m, d): StochasticClassifier(fn, defense,
+                                       vote_chunk_size=int(config.attack.vote_chunk_size))
+          for m, fn in logits_fns.items() for d, defense in defenses.items()}
 
 
 def targets_for(labels: np.ndarray, num_classes: int, target_label: int) -> np.ndarray:
