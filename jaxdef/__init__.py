@@ -10,6 +10,8 @@ from jaxdef import attacks
 from jaxdef import data
 from jaxdef import defenses
 from jaxdef import models
+from jaxdef import theory
+from jaxdef import train
 from jaxdef import transforms
 from jaxdef.classifier import StochasticClassifier
 from jaxdef.defenses import bpda
@@ -23,5 +25,7 @@ __all__ = (
     "data",
     "defenses",
     "models",
+    "theory",
+    "train",
     "transforms",
 )

@@ -7,10 +7,21 @@ import os
 from jaxdef.experiments import _records
 from jaxdef.experiments._default import run_default
 from jaxdef.experiments._dry_run import describe
+from jaxdef.experiments._finetune import run_finetune
+from jaxdef.experiments._invariance import run_invariance
 from jaxdef.experiments._kxm import run_kxm_sweep
+from jaxdef.experiments._pictures import run_pictures
 from jaxdef.experiments._theory import run_theory
 
-_EXPERIMENTS = {"default": run_default, "kxm_sweep": run_kxm_sweep, "theory": run_theory}
+_EXPERIMENTS = {
+    "default": run_default,
+    "finetune": run_finetune,
+    "invariance_bart": run_invariance,
+    "invariance_smoothing": run_invariance,
+    "kxm_sweep": run_kxm_sweep,
+    "perturbation_pictures": run_pictures,
+    "theory": run_theory,
+}
 
 
 def run(config, workdir: str | os.PathLike):

@@ -1,0 +1,201 @@
+"""The invariance trade-off of SPEC.md section 7 (`invariance_smoothing`, `invariance_bart`).
+
+For each defense strength (randomized smoothing's sigma, BaRT's kappa: one
+entry of ``config.defenses`` each, its strength read from the entry's
+``config.invariance.parameter``), the base model and the copy fine-tuned on
+that defense (``config.models["finetuned_<defense label>"]``) are measured
+behind the defense: rate of invariance, clean and vote accuracy, and the
+success of APGD without EOT (m = 1, the study's 200 steps) over the images
+the vote classified correctly, with its 95% Clopper-Pearson interval. Each
+(strength, model) cell is written to records/ when it finishes, so a rerun
+of the same config resumes. Writes results.csv, summary.md and a figure of
+invariance, vote accuracy and attack success against strength for both
+models (PNG and PDF).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdef import StochasticClassifier
+from jaxdef import attacks
+from jaxdef.experiments import _records
+from jaxdef.experiments import _sources
+from jaxdef.reports import figures
+from jaxdef.reports import tables
+
+BASE = "base"
+ROLES = ("before", "after")  # fine-tuning on the defense
+CSV_COLUMNS = ("defense", "strength", "model", "role", "num_images", "clean_accuracy",
+               "invariance", "vote_accuracy", "successes", "denominator", "rate", "ci_low",
+               "ci_high", "robust_accuracy", "steps", "eot", "gradient_computations", "eps",
+               "num_votes", "attack_seconds")
+
+
+def finetuned_label(defense_label: str) -> str:
+  return f"finetuned_{defense_label}"
+
+
+def strengths(config) -> dict[str, float]:
+  """Defense label -> its strength (the value of `config.invariance.parameter`)."""
+  parameter = config.invariance.parameter
+  out = {}
+  for label, entry in config.defenses.items():
+    if parameter not in entry:
+      raise ValueError(f"config.defenses.{label} has no {parameter!r} "
+                       f"(config.invariance.parameter); it has {', '.join(entry)}")
+    out[label] = float(entry[parameter])
+  return out
+
+
+def check_models(config) -> None:
+  """Every defense needs its fine-tuned model, and there must be a base one."""
+  expected = [BASE] + [finetuned_label(label) for label in config.defenses]
+  missing = [label for label in expected if label not in config.models]
+  if missing:
+    raise ValueError(f"config.models lacks {', '.join(missing)}: the invariance study needs "
+                     f"'{BASE}' and 'finetuned_<defense label>' for every defense "
+                     f"({', '.join(config.defenses)})")
+
+
+def _cell_path(workdir: pathlib.Path, defense_label: str, model: str) -> pathlib.Path:
+  return workdir / "records" / f"{defense_label}__{model}.json"
+
+
+def _read_cell(path: pathlib.Path) -> dict | None:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None  # missing, or cut off by a crash: recomputed
+
+
+def measure_cell(clf: StochasticClassifier, key: jax.Array, images: jax.Array,
+                 labels: jax.Array, attack) -> dict:
+  """Invariance, accuracies and APGD success of one defended model.
+
+  Args:
+    clf: the model behind the defense.
+    key: PRNG key, split by role (invariance, attack, votes).
+    images: float (B, H, W, C) in [0, 1].
+    labels: int (B,).
+    attack: the config's attack section (eps_255, steps, eot, loss, votes,
+      invariance_draws).
+
+  Returns:
+    A record: rates in [0, 1], success counts with their denominator and CI.
+  """
+  import time
+
+  invariance_key, attack_key, vote_key = jax.random.split(key, 3)
+  eps = float(attack.eps_255) / 255
+  invariance = float(clf.invariance(invariance_key, images, int(attack.invariance_draws)))
+  clean_accuracy = float(jnp.mean(jnp.argmax(clf.logits_fn(images), -1) == labels))
+  start = time.perf_counter()
+  result = attacks.apgd_result(attack_key, clf, images, labels, eps=eps, steps=int(attack.steps),
+                               eot=int(attack.eot), loss=str(attack.loss))
+  adversarial = jax.block_until_ready(result.adversarial)
+  seconds = time.perf_counter() - start
+  rate = attacks.evaluate(clf, vote_key, images, adversarial, labels,
+                          num_votes=int(attack.votes))
+  num_images = int(labels.size)
+  return {"invariance": invariance, "clean_accuracy": clean_accuracy,
+          "vote_accuracy": rate.denominator / num_images,
+          "robust_accuracy": (rate.denominator - rate.successes) / num_images,
+          "steps": result.steps, "eot": result.eot,
+          "gradient_computations": result.gradient_computations, "eps": eps,
+          "loss": str(attack.loss), "attack_seconds": seconds, **rate.as_dict()}
+
+
+def tradeoff_figure(records: list[dict], path, parameter: str, title: str) -> pathlib.Path:
+  """Invariance, vote accuracy and attack success against strength, before/after fine-tuning."""
+  import matplotlib.pyplot as plt
+
+  panels = (("invariance", "rate of invariance"), ("vote_accuracy", "vote accuracy"),
+            ("rate", "APGD success (no EOT)"))
+  figure, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), sharey=True)
+  for role, style in zip(ROLES, ("o-", "s--")):
+    line = sorted((r for r in records if r["role"] == role), key=lambda r: r["strength"])
+    if not line:
+      continue
+    x = [r["strength"] for r in line]
+    label = "base model" if role == "before" else "fine-tuned on the defense"
+    for axis, (metric, heading) in zip(axes, panels):
+      values = np.array([100 * r[metric] for r in line])
+      if metric == "rate":
+        error = np.array([[100 * (r["rate"] - r["ci_low"]) for r in line],
+                          [100 * (r["ci_high"] - r["rate"]) for r in line]])
+        axis.errorbar(x, values, yerr=np.nan_to_num(error), fmt=style, markersize=4, capsize=2,
+                      label=label)
+      else:
+        axis.plot(x, values, style, markersize=4, label=label)
+      axis.set_title(heading, fontsize=9)
+  for axis in axes:
+    axis.set_xlabel(parameter)
+    axis.set_ylim(-2, 102)
+    axis.grid(alpha=0.3)
+  axes[0].set_ylabel("%")
+  axes[-1].legend(fontsize=7)
+  figure.suptitle(title, fontsize=9)
+  return figures.save(figure, path)
+
+
+def run_invariance(config, workdir: pathlib.Path) -> dict:
+  """Runs (or resumes) the trade-off study; returns {"records", "summary"}."""
+  check_models(config)
+  strength_of = strengths(config)
+  parameter = config.invariance.parameter
+  dataset = _sources.load_eval_data(config, workdir)
+  defenses = _sources.build_defenses(config.defenses)
+  root = jax.random.key(int(config.seed))
+  loaded: dict = {}
+  records = []
+  for index, (defense_label, defense) in enumerate(defenses.items()):
+    # Both models of a strength share its key: they see the same draws.
+    key = jax.random.fold_in(root, index)
+    for role, model in zip(ROLES, (BASE, finetuned_label(defense_label))):
+      path = _cell_path(workdir, defense_label, model)
+      record = _read_cell(path)
+      if record is None:
+        if model not in loaded:
+          loaded[model] = _sources.load_model(model, config.models[model], config, workdir)
+        clf = StochasticClassifier(loaded[model], defense,
+                                   vote_chunk_size=int(config.attack.vote_chunk_size))
+        record = {"defense": defense_label, "strength": strength_of[defense_label],
+                  "parameter": parameter, "model": model, "role": role,
+                  **measure_cell(clf, key, dataset.images, dataset.labels, config.attack)}
+        _records.write_json(path, record)
+      records.append(record)
+  _records.write_atomic(workdir / "results.csv", tables.csv(records, CSV_COLUMNS))
+  attack = config.attack
+  figure = tradeoff_figure(
+      records, workdir / "figures" / "invariance_tradeoff", parameter,
+      f"{dataset.name}: APGD-{attack.steps} (EOT m = {attack.eot}), eps = "
+      f"{attack.eps_255:g}/255, {attack.votes} votes")
+  for record in records:
+    record["success"] = tables.rate_with_interval(record)
+  summary = "\n".join([
+      f"# Invariance trade-off: {dataset.name}, {parameter} sweep", "",
+      f"{len(dataset.labels)} fixed test images (indices.json). Per {parameter}: the base "
+      f"model (before) and its copy fine-tuned on that defense (after). Invariance: rate at "
+      f"which one defended draw agrees with the undefended model "
+      f"({attack.invariance_draws} draws). Attack: untargeted APGD-{attack.steps}, "
+      f"{attack.loss} loss, EOT m = {attack.eot}, eps = {attack.eps_255:g}/255; success over "
+      f"the images the defended vote ({attack.votes} votes) classified correctly, 95% "
+      f"Clopper-Pearson intervals; robust accuracy = vote accuracy x (1 - success).", "",
+      tables.markdown(records, [("strength", parameter), ("role", "fine-tuned"),
+                                ("model", "model"), ("clean_accuracy", "clean acc."),
+                                ("invariance", "invariance"), ("vote_accuracy", "vote acc."),
+                                ("success", "APGD success"),
+                                ("robust_accuracy", "robust acc.")]), "",
+      f"![trade-off](figures/{figure.name})", ""])
+  _records.write_atomic(workdir / "summary.md", summary)
+  print(summary)
+  return {"records": records, "summary": summary}
+
+
+__all__ = ("run_invariance",)
