@@ -6,34 +6,14 @@ import json
 import os
 import pathlib
 import platform
-import tempfile
 from typing import Any
 
 import jax
 
+from jaxdef import _files
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-  """Writes `text` to `path` through a temp file and a rename.
-
-  A reader (or a resumed run) sees the old file or the new one, never half.
-  """
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def write_json(path: str | os.PathLike, value: Any) -> None:
-  write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+write_atomic = _files.write_atomic
+write_json = _files.write_json
 
 
 def environment() -> dict[str, Any]:

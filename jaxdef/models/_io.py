@@ -7,7 +7,6 @@ runs code) and loaded in a fraction of the conversion time.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 from flax import traverse_util
+
+from jaxdef import _files
 
 # Longest list of keys an error message spells out.
 MAX_LISTED = 20
@@ -72,21 +73,8 @@ def save_variables(path: str | os.PathLike, variables: Mapping[str, Any]) -> Non
   """
   if not isinstance(variables, Mapping):
     raise TypeError(f"variables must be a dict of arrays, got {type(variables).__name__}")
-  path = os.fspath(path)
   state = jax.tree.map(np.asarray, serialization.to_state_dict(dict(variables)))
-  data = serialization.msgpack_serialize(state)
-  folder = os.path.dirname(os.path.abspath(path))
-  handle, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-  try:
-    with os.fdopen(handle, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  _files.write_atomic(path, serialization.msgpack_serialize(state))
 
 
 def load_variables(path: str | os.PathLike, like: Mapping[str, Any] | None = None) -> dict:

@@ -20,7 +20,6 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from jaxdef import _files
 from jaxdef.models import _io
 
 FORMAT = "jaxdef.train.checkpoint/1"
@@ -85,32 +85,8 @@ def list_checkpoints(workdir: str | os.PathLike) -> list[tuple[int, pathlib.Path
   return sorted(found)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-  """Writes `data` through a temporary file in the same folder and a rename.
-
-  A reader (or a resumed run) sees the old file or the new one, never half.
-  (The text twin is ``jaxdef.experiments._records.write_atomic``; it is not
-  imported here so that experiments may import this package.)
-  """
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(handle, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def write_json(path: str | os.PathLike, value: Any) -> None:
-  """Writes `value` as indented JSON, atomically."""
-  text = json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
-  write_bytes_atomic(path, text.encode())
+write_bytes_atomic = _files.write_atomic
+write_json = _files.write_json
 
 
 def _numpy_tree(tree: Any) -> Any:

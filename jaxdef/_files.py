@@ -1,0 +1,36 @@
+"""Atomic file writes shared by records, checkpoints and converted weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+  """Writes `data` (text or bytes) to `path` through a temp file and a rename.
+
+  The temporary file lives in the same folder, so the rename is atomic: a
+  reader (or a resumed run) sees the old file or the new one, never half,
+  and a crash mid-write leaves only a ``.<name>.*.tmp`` file behind.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(handle, "wb") as f:
+      f.write(data.encode() if isinstance(data, str) else data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+  """Writes `value` as indented, key-sorted JSON, atomically."""
+  write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
