@@ -22,19 +22,15 @@ import zlib
 
 import jax
 
-from jaxdef import data
 from jaxdef import models
 from jaxdef import train
 
-VALIDATION_SIZE = 5000
-
 
 def _split(config, entry):
-  images, labels = data.load_fashion_mnist("train", config.data.get("dir") or None)
-  cut = len(images) - VALIDATION_SIZE
-  # train_images > 0 trains on the first that many only (smoke runs).
-  limit = int(entry.get("train_images", 0)) or cut
-  return (images[:min(limit, cut)], labels[:min(limit, cut)]), (images[cut:], labels[cut:])
+  """(train, validation) pairs; train_images > 0 keeps only the first that many (smoke runs)."""
+  (images, labels), val_data, _ = train.fashion_split(config.data.get("dir") or None)
+  subset = int(entry.get("train_images", 0)) or None
+  return (images[:subset], labels[:subset]), val_data
 
 
 def base_name(entry) -> str:
