@@ -9,6 +9,7 @@ start with an underscore are internal.
 from jaxdef import attacks
 from jaxdef import data
 from jaxdef import defenses
+from jaxdef import detection
 from jaxdef import models
 from jaxdef import theory
 from jaxdef import train
@@ -24,6 +25,7 @@ __all__ = (
     "bpda",
     "data",
     "defenses",
+    "detection",
     "models",
     "theory",
     "train",

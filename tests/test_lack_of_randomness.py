@@ -1,0 +1,141 @@
+"""The "odds are odd" detector and the lack-of-randomness study, on tiny sizes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import train_mlp
+
+from jaxdef import attacks
+from jaxdef import detection
+from jaxdef.classifier import StochasticClassifier
+
+NUM_CLASSES = 4
+
+
+def _mlp_params(seed=0, inputs=16, hidden=12):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(inputs, hidden)).astype(np.float32) / np.sqrt(inputs),
+          rng.normal(size=hidden).astype(np.float32) * 0.1,
+          rng.normal(size=(hidden, NUM_CLASSES)).astype(np.float32) / np.sqrt(hidden))
+
+
+def _jax_mlp(params):
+  w1, b1, w2 = (jnp.asarray(p) for p in params)
+  return lambda images: jnp.tanh(images.reshape(images.shape[0], -1) @ w1 + b1) @ w2
+
+
+def _numpy_mlp(params, images):
+  """Any leading axes: (..., B, H, W, C) -> (..., B, K)."""
+  w1, b1, w2 = (p.astype(np.float64) for p in params)
+  flat = images.reshape(*images.shape[:-3], -1).astype(np.float64)
+  return np.tanh(flat @ w1 + b1) @ w2
+
+
+def _images(count, seed=1):
+  return np.random.default_rng(seed).uniform(size=(count, 4, 4, 1)).astype(np.float32)
+
+
+def _numpy_statistic(params, images, noise):
+  """Loop-free numpy reference of g_{y,z} over the same noise draws."""
+  clean = _numpy_mlp(params, images)  # (B, K)
+  noisy = _numpy_mlp(params, images[None] + noise)  # (n, B, K)
+  predicted = clean.argmax(-1)
+  rows = np.arange(len(images))
+  g = (noisy - noisy[:, rows, predicted][..., None]).mean(0) - (clean - clean[rows, predicted][:,
+                                                                                              None])
+  return g, predicted
+
+
+def test_statistic_and_fit_match_a_numpy_reference():
+  params, images = _mlp_params(), _images(64)
+  key = jax.random.key(3)
+  g, predicted = detection.statistic(key, _jax_mlp(params), jnp.asarray(images), sigma=0.3,
+                                     num_noise=16)
+  noise = np.asarray(detection.noise_draws(key, jnp.asarray(images), sigma=0.3, num_noise=16))
+  g_ref, predicted_ref = _numpy_statistic(params, images, noise)
+  np.testing.assert_array_equal(np.asarray(predicted), predicted_ref)
+  np.testing.assert_allclose(np.asarray(g), g_ref, atol=2e-5)
+  assert np.all(np.asarray(g)[np.arange(64), predicted_ref] == 0)
+
+  stats = detection.fit(key, _jax_mlp(params), jnp.asarray(images), sigma=0.3, num_noise=16,
+                        fpr=0.1)
+  counts = np.bincount(predicted_ref, minlength=NUM_CLASSES)
+  np.testing.assert_array_equal(np.asarray(stats.class_counts), counts)
+  rows = np.arange(64)
+  for y in np.flatnonzero(counts >= 2):
+    mine = predicted_ref == y
+    np.testing.assert_allclose(np.asarray(stats.mean)[y], g_ref[mine].mean(0), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(stats.std)[y],
+                               np.maximum(g_ref[mine].std(0), detection.MIN_STD), atol=2e-5)
+  standard = (g_ref - np.asarray(stats.mean)[predicted_ref]) / np.asarray(stats.std)[
+      predicted_ref]
+  standard[rows, predicted_ref] = -np.inf
+  expected_flags = (standard > np.asarray(stats.thresholds)[predicted_ref]).any(-1)
+  flags = detection.flags(key, _jax_mlp(params), stats, jnp.asarray(images))
+  assert flags.dtype == jnp.bool_ and flags.shape == (64,)
+  # Same key as the fit: exactly the fitting statistic (up to float rounding at the threshold).
+  assert np.mean(np.asarray(flags) != expected_flags) <= 2 / 64
+
+
+def test_false_positive_rate_on_clean_fitting_data_is_about_the_target():
+  params, images = _mlp_params(seed=4), jnp.asarray(_images(400, seed=5))
+  fn = _jax_mlp(params)
+  stats = detection.fit(jax.random.key(0), fn, images, sigma=0.2, num_noise=32, fpr=0.1)
+  detector = detection.OddsDetector(fn, stats)
+  same_draws = np.asarray(detector.flags(jax.random.key(0), images)).mean()
+  fresh_draws = np.asarray(detector.flags(jax.random.key(1), images)).mean()
+  # The quantile of each class's scores: at most fpr on the fitting draws,
+  # short of it by at most one image per class.
+  assert 0.1 - NUM_CLASSES / 400 <= same_draws <= 0.1 + 1e-9
+  assert 0.03 <= fresh_draws <= 0.2  # fresh noise: the same rate up to sampling error
+
+
+def test_large_eps_adversarial_examples_are_flagged_more_often_than_clean():
+  model = train_mlp(epochs=1, hidden=64)
+  fit_images = jnp.asarray(model.test_images[:200])
+  stats = detection.fit(jax.random.key(0), model.logits_fn, fit_images, sigma=0.1, num_noise=32,
+                        fpr=0.05)
+  images = jnp.asarray(model.test_images[200:300])
+  labels = jnp.asarray(model.test_labels[200:300])
+  adversarial = attacks.pgd(jax.random.key(1), StochasticClassifier(model.logits_fn), images,
+                            labels, eps=0.1, alpha=0.01, steps=30)
+  detector = detection.OddsDetector(model.logits_fn, stats)
+  clean_rate = np.asarray(detector.flags(jax.random.key(2), images)).mean()
+  adversarial_rate = np.asarray(detector.flags(jax.random.key(2), adversarial)).mean()
+  assert adversarial_rate >= clean_rate + 0.1, (clean_rate, adversarial_rate)
+
+
+def test_detector_is_deterministic_per_key_and_jits():
+  params, images = _mlp_params(), jnp.asarray(_images(32))
+  fn = _jax_mlp(params)
+  stats = detection.fit(jax.random.key(0), fn, images, sigma=0.3, num_noise=8, fpr=0.2)
+  detector = detection.OddsDetector(fn, stats)
+  first = np.asarray(detector.scores(jax.random.key(5), images))
+  np.testing.assert_array_equal(first, np.asarray(detector.scores(jax.random.key(5), images)))
+  assert not np.array_equal(first, np.asarray(detector.scores(jax.random.key(6), images)))
+  jitted = jax.jit(lambda key, x: detection.flags(key, fn, stats, x))
+  np.testing.assert_array_equal(np.asarray(jitted(jax.random.key(5), images)), first > 0)
+  # The statistics are a pytree: they can be passed through jit as an argument.
+  through = jax.jit(lambda s, key, x: detection.scores(key, fn, s, x))(stats, jax.random.key(5),
+                                                                       images)
+  np.testing.assert_allclose(np.asarray(through), first, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"sigma": 0.0}, r"sigma must be in \(0"),
+    ({"sigma": -1.0}, r"sigma must be in \(0"),
+    ({"num_noise": 0}, r"num_noise must be in \[1"),
+    ({"fpr": 0.0}, r"fpr must be in \(0, 1\)"),
+    ({"fpr": 1.0}, r"fpr must be in \(0, 1\)"),
+])
+def test_bad_detector_settings_are_named(kwargs, match):
+  settings = {"sigma": 0.1, "num_noise": 4, "fpr": 0.05, **kwargs}
+  with pytest.raises(ValueError, match=match):
+    detection.fit(jax.random.key(0), _jax_mlp(_mlp_params()), jnp.asarray(_images(8)),
+                  **settings)
+  with pytest.raises(TypeError, match="stats must be OddsStatistics"):
+    detection.OddsDetector(_jax_mlp(_mlp_params()), {"mean": 0})
+
