@@ -139,3 +139,125 @@ def test_bad_detector_settings_are_named(kwargs, match):
   with pytest.raises(TypeError, match="stats must be OddsStatistics"):
     detection.OddsDetector(_jax_mlp(_mlp_params()), {"mean": 0})
 
+
+
+# --- the study ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  from configs import lack_of_randomness
+  from jaxdef import experiments
+
+  config = lack_of_randomness.get_config("tiny")
+  config.progress = False
+  workdir = tmp_path_factory.mktemp("lack_of_randomness")
+  result = experiments.run(config, workdir)
+  return config, workdir, result
+
+
+def test_tiny_run_writes_records_table_summary_and_figure(tiny_run):
+  import csv
+
+  config, workdir, result = tiny_run
+  records = result["records"]
+  steps = tuple(config.attack.steps)
+  assert len(records) == len(config.rows) * 2 * len(steps)
+  assert len(list((workdir / "records").glob("*.json"))) == len(records)
+  for label, row in config.rows.items():
+    mine = [r for r in records if r["defense"] == label]
+    published = sorted((r for r in mine if r["setting"] == "published"), key=lambda r: r["k"])
+    eot1 = sorted((r for r in mine if r["setting"] == "eot1"), key=lambda r: r["k"])
+    assert [r["k"] for r in published] == list(steps)
+    assert all(r["m"] == row.eot for r in published) and all(r["m"] == 1 for r in eot1)
+    # Equal budgets: EOT-1 runs k x m steps of one draw.
+    assert [r["budget"] for r in eot1] == [r["budget"] for r in published]
+    assert [r["gradient_computations"] for r in published] == [k * row.eot for k in steps]
+    for r in mine:
+      assert 0 <= r["successes"] <= r["denominator"] <= r["num_images"] == 6
+      assert r["successes"] <= r["misclassified"]
+      assert r["num_votes"] == row.votes
+      if r["denominator"]:
+        assert r["ci_low"] <= r["rate"] <= r["ci_high"]
+      if row.defense != "odds_are_odd":
+        assert r["flagged"] == r["clean_flagged"] == 0
+  with open(workdir / "results.csv") as handle:
+    table = list(csv.DictReader(handle))
+  assert len(table) == len(records) and "gradient_computations" in table[0]
+  summary = (workdir / "summary.md").read_text()
+  assert "| defense | setting | k | m | k x m | success (count/denominator, 95% CI)" in summary
+  assert "published EOT-3" in summary and "EOT-1 (same budget)" in summary
+  assert (workdir / "figures" / "eot_vs_eot1.png").stat().st_size > 0
+  assert (workdir / "figures" / "eot_vs_eot1.pdf").stat().st_size > 0
+
+
+def test_rerun_skips_finished_cells(tiny_run, monkeypatch):
+  from jaxdef import experiments
+  from jaxdef.experiments import _lack_of_randomness
+
+  config, workdir, result = tiny_run
+  stamps = {p.name: p.stat().st_mtime_ns for p in (workdir / "records").glob("*.json")}
+
+  def no_attack(*args, **kwargs):
+    raise AssertionError("a finished cell was recomputed")
+
+  monkeypatch.setattr(_lack_of_randomness.attacks, "pgd_trajectory_results", no_attack)
+  again = experiments.run(config, workdir)
+  assert again["records"] == result["records"]
+  assert {p.name: p.stat().st_mtime_ns for p in (workdir / "records").glob("*.json")} == stamps
+  # One missing cell: only its unit runs again (and must succeed).
+  monkeypatch.undo()
+  missing = sorted((workdir / "records").glob("*.json"))[0]
+  missing.unlink()
+  ran = []
+  experiments_run = _lack_of_randomness.run_rows
+
+  def counting(*args, **kwargs):
+    return experiments_run(*args, on_unit=ran.append, **kwargs)
+
+  monkeypatch.setattr(_lack_of_randomness, "run_rows", counting)
+  experiments.run(config, workdir)
+  assert len(ran) == 1 and missing.exists()
+
+
+def test_full_size_default_dry_runs_with_cost():
+  from configs import lack_of_randomness
+  from jaxdef import experiments
+
+  config = lack_of_randomness.get_config()
+  report = experiments.dry_run(config)
+  assert report["experiment"] == "lack_of_randomness"
+  assert set(report["rows"]) == {"random_crop", "resize_pad", "sap", "kwta", "odds_are_odd"}
+  assert all("path not set" in text for text in report["models"].values())
+  assert report["units"] == 10 and report["cells"] == 10 * len(config.attack.steps)
+  # Published EOT-m over max(k) steps plus EOT-1 over max(k) x m steps, per image.
+  expected = sum(2 * row.eot * max(config.attack.steps) * config.data.num_images
+                 for row in config.rows.values())
+  assert report["image_gradients"] == expected
+  assert report["tflop"] > 0 and report["defended_forward_passes"] > 0
+  assert lack_of_randomness.get_config("fashion").rows.random_crop.eot == 30
+  with pytest.raises(ValueError, match="unknown variant 'huge'.*tiny"):
+    lack_of_randomness.get_config("huge")
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c: c.rows.sap.update(defense="dropout"),
+     r"config.rows.sap.defense must be one of random_crop, resize_pad, sap, kwta, odds_are_odd"),
+    (lambda c: c.models.base_sap.update(activation="gelu"),
+     r"config.models.base_sap.activation must be one of relu, sap, kwta; got 'gelu'"),
+    (lambda c: c.rows.kwta.update(model="base"),
+     r"config.rows.kwta: defense 'kwta' needs a model with activation 'kwta'"),
+    (lambda c: c.rows.sap.update(model="nope"), r"config.rows.sap.model must be a label"),
+    (lambda c: c.rows.resize_pad.update(eot=1), r"config.rows.resize_pad.eot .* >= 2"),
+    (lambda c: c.rows.kwta.params.update(crop_size=3), r"config.rows.kwta.params has crop_size"),
+])
+def test_bad_rows_and_activations_are_named(edit, match, tmp_path):
+  from configs import lack_of_randomness
+  from jaxdef import experiments
+
+  config = lack_of_randomness.get_config("tiny")
+  edit(config)
+  with pytest.raises(ValueError, match=match):
+    experiments.dry_run(config)
+  with pytest.raises(ValueError, match=match):
+    experiments.run(config, tmp_path)

@@ -10,6 +10,7 @@ from jaxdef.experiments._dry_run import describe
 from jaxdef.experiments._finetune import run_finetune
 from jaxdef.experiments._invariance import run_invariance
 from jaxdef.experiments._kxm import run_kxm_sweep
+from jaxdef.experiments._lack_of_randomness import run_lack_of_randomness
 from jaxdef.experiments._pictures import run_pictures
 from jaxdef.experiments._theory import run_theory
 
@@ -19,6 +20,7 @@ _EXPERIMENTS = {
     "invariance_bart": run_invariance,
     "invariance_smoothing": run_invariance,
     "kxm_sweep": run_kxm_sweep,
+    "lack_of_randomness": run_lack_of_randomness,
     "perturbation_pictures": run_pictures,
     "theory": run_theory,
 }

@@ -66,12 +66,27 @@ def describe(config) -> dict[str, Any]:
     if source not in _sources.MODEL_SOURCES:
       raise ValueError(f"config.models.{label}.source must be one of "
                        f"{', '.join(_sources.MODEL_SOURCES)}; got {source!r}")
+    _sources.activation_of(label, entry)
     path = entry.get("path", None)
     note = "" if path is None else (f" from {path}" if path else
                                      f" (path not set: --config.models.{label}.path=...)")
     report["models"][label] = f"{source}{note}"
   for label, defense in _sources.build_defenses(config.get("defenses", {})).items():
     report["defenses"][label] = repr(defense)
+  if config.experiment == "lack_of_randomness":
+    from jaxdef.experiments import _lack_of_randomness
+
+    estimate = _lack_of_randomness.cost(config)
+    report.update(estimate)
+    report["rows"] = {row.label: f"{row.defense} on {row.model}, published EOT-{row.eot}, "
+                                 f"{row.votes} votes"
+                      for row in _lack_of_randomness.rows_of(config)}
+    flops = {label: forward_flops(entry, data_cfg.name) for label, entry in config.models.items()}
+    if all(flops.values()):
+      # A gradient costs about 3 forward passes; resizing defenses' larger
+      # inputs are not counted (an estimate at the dataset's input size).
+      report["tflop"] = round(sum((3 * g + f) * flops[row.model]
+                                  for row, g, f in _lack_of_randomness.row_costs(config)) / 1e12, 1)
   if "attack" in config and "eots" in config.attack:
     from jaxdef.experiments import _kxm
 

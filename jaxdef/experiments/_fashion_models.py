@@ -8,6 +8,12 @@ A config model entry with ``source: "fashion_small_resnet"`` names:
     ``config.defenses``: the base model fine-tuned on data through that
     defense (trained invariance), for `finetune_epochs` at
     `finetune_learning_rate`.
+  activation: "relu" (default) | "sap" | "kwta", with `sap_ratio` and
+    `kwta_ratio`. A k-WTA model is trained with k-WTA (its own cached
+    folder, named with the ratio), as Xiao et al. train theirs. SAP has no
+    weights of its own: Dhillon et al. apply it to a trained network, so a
+    "sap" entry evaluates the cached ReLU weights of the same training
+    settings with SAP swapped in (shared, trained once).
 Training goes through `jaxdef.train.fit`, whose checkpoints live in
 ``config.models_dir/<name>``: a finished model is loaded at once, an
 interrupted one resumes, and a folder holding another model is refused.
@@ -24,6 +30,7 @@ import jax
 
 from jaxdef import models
 from jaxdef import train
+from jaxdef.models import _activations
 
 
 def _split(config, entry):
@@ -33,10 +40,20 @@ def _split(config, entry):
   return (images[:subset], labels[:subset]), val_data
 
 
+def _training_activation(entry) -> dict:
+  """The activation the weights are trained with: k-WTA for k-WTA, else ReLU."""
+  if entry.get("activation", "relu") == "kwta":
+    return {"activation": "kwta",
+            "kwta_ratio": float(entry.get("kwta_ratio", _activations.KWTA_RATIO))}
+  return {"activation": "relu"}
+
+
 def base_name(entry) -> str:
   widths = "-".join(str(int(w)) for w in entry.get("widths", (16, 32, 64)))
   subset = int(entry.get("train_images", 0))
-  return (f"fashion_small_resnet_w{widths}{f'_n{subset}' if subset else ''}"
+  trained_with = _training_activation(entry)
+  kwta = (f"_kwta{trained_with['kwta_ratio']:g}" if trained_with["activation"] == "kwta" else "")
+  return (f"fashion_small_resnet{kwta}_w{widths}{f'_n{subset}' if subset else ''}"
           f"_e{int(entry.get('epochs', 6))}"
           f"_b{int(entry.get('batch_size', 256))}_lr{float(entry.get('learning_rate', 1e-3)):g}")
 
@@ -46,8 +63,12 @@ def trained(label: str, entry, config, *, progress: bool = True):
 
   `info` holds the training history's last entry and the checkpoint folder.
   """
+  from jaxdef.experiments import _sources
+
   widths = tuple(int(w) for w in entry.get("widths", (16, 32, 64)))
-  model, initial = models.small_resnet(10, key=jax.random.key(int(config.seed)), widths=widths)
+  evaluated = _sources.activation_of(label, entry)
+  model, initial = models.small_resnet(10, key=jax.random.key(int(config.seed)), widths=widths,
+                                       **_training_activation(entry))
   train_data, val_data = _split(config, entry)
   models_dir = pathlib.Path(config.get("models_dir") or "runs/models")
   base_dir = models_dir / base_name(entry)
@@ -57,12 +78,11 @@ def trained(label: str, entry, config, *, progress: bool = True):
                    workdir=base_dir, keep_checkpoints=1, progress=progress)
   defense_label = entry.get("finetune_defense", "")
   if not defense_label:
-    return model, base.variables, {"dir": str(base_dir), "history": base.history}
+    return (model.clone(**evaluated), base.variables,
+            {"dir": str(base_dir), "history": base.history})
   if defense_label not in config.defenses:
     raise ValueError(f"config.models.{label}.finetune_defense must be a label of "
                      f"config.defenses ({', '.join(config.defenses)}), got {defense_label!r}")
-  from jaxdef.experiments import _sources
-
   defense = _sources.build_defenses({defense_label: config.defenses[defense_label]})[defense_label]
   epochs = int(entry.get("finetune_epochs", 2))
   rate = float(entry.get("finetune_learning_rate", 3e-4))
@@ -73,10 +93,16 @@ def trained(label: str, entry, config, *, progress: bool = True):
   tuned = train.finetune(model, base.variables, train_data, val_data, defense=defense,
                          epochs=epochs, learning_rate=rate, seed=int(config.seed),
                          workdir=tuned_dir, keep_checkpoints=1, progress=progress)
-  return model, tuned.variables, {"dir": str(tuned_dir), "history": tuned.history}
+  return (model.clone(**evaluated), tuned.variables,
+          {"dir": str(tuned_dir), "history": tuned.history})
 
 
 def logits_fn(label: str, entry, config, workdir):
+  """``images -> logits``, or ``(key, images) -> logits`` for a SAP entry."""
+  from jaxdef.experiments import _sources
+
   del workdir  # models are shared across runs through config.models_dir
   model, variables, _ = trained(label, entry, config, progress=bool(config.get("progress", True)))
+  if _sources.is_stochastic(entry):
+    return models.stochastic_logits_fn(model, variables)
   return models.logits_fn(model, variables)

@@ -8,7 +8,11 @@ Config sections read here:
   models: label -> {source, ...}; sources: "small_resnet" (random init, for
     smoke runs), "fashion_small_resnet" (trained on Fashion-MNIST with
     `jaxdef.train`, cached), "torchvision" (path, depth), "cohen" (path, arch),
-    "variables" (path, depth/arch of a saved msgpack).
+    "variables" (path, depth/arch of a saved msgpack). Every source takes
+    `activation` ("relu", the default | "sap" | "kwta") with `sap_ratio` and
+    `kwta_ratio` (`jaxdef.models`); a SAP model is random, so its logits
+    function is keyed and its classifiers are built with
+    ``stochastic_model=True``.
   defenses: label -> {name, **params} of the defense registry.
 """
 
@@ -59,8 +63,40 @@ def classifiers(config, logits_fns: dict[str, Any], defenses: dict[str, Any]
                 ) -> dict[tuple[str, str], StochasticClassifier]:
   """(model label, defense label) -> the defended classifier, for every pair."""
   return {(m, d): StochasticClassifier(fn, defense,
-                                       vote_chunk_size=int(config.attack.vote_chunk_size))
+                                       vote_chunk_size=int(config.attack.vote_chunk_size),
+                                       stochastic_model=is_stochastic(config.models[m]))
           for m, fn in logits_fns.items() for d, defense in defenses.items()}
+
+
+def activation_of(label: str, entry) -> dict[str, Any]:
+  """The entry's activation settings as keyword arguments of the model constructors.
+
+  Raises:
+    ValueError: an unknown activation or a ratio out of range (names the field).
+  """
+  activation = entry.get("activation", "relu")
+  if activation not in models.ACTIVATIONS:
+    raise ValueError(f"config.models.{label}.activation must be one of "
+                     f"{', '.join(models.ACTIVATIONS)}; got {activation!r}")
+  settings = {"activation": activation}
+  for field in ("kwta_ratio", "sap_ratio"):
+    if field in entry:
+      value = entry[field]
+      high = 1 if field == "kwta_ratio" else None
+      if not isinstance(value, (int, float)) or value <= 0 or (high and value > high):
+        raise ValueError(f"config.models.{label}.{field} must be in (0, {high or 'inf'}], "
+                         f"got {value!r}")
+      settings[field] = float(value)
+  return settings
+
+
+def is_stochastic(entry) -> bool:
+  """Whether the entry's model is random (SAP): its logits_fn takes (key, images)."""
+  return entry.get("activation", "relu") == "sap"
+
+
+def _pure_fn(model, variables, stochastic: bool):
+  return (models.stochastic_logits_fn if stochastic else models.logits_fn)(model, variables)
 
 
 def targets_for(labels: np.ndarray, num_classes: int, target_label: int) -> np.ndarray:
@@ -130,23 +166,25 @@ def load_model(label: str, entry, config, workdir: pathlib.Path):
     raise ValueError(f"config.models.{label}.source must be one of {', '.join(MODEL_SOURCES)}; "
                      f"got {source!r}")
   num_classes = NUM_CLASSES[config.data.name]
+  act = activation_of(label, entry)
+  stochastic = is_stochastic(entry)
   if source == "small_resnet":
     model, variables = models.small_resnet(num_classes, key=jax.random.key(config.seed),
-                                           widths=tuple(entry.get("widths", (16, 32, 64))))
-    return models.logits_fn(model, variables)
+                                           widths=tuple(entry.get("widths", (16, 32, 64))), **act)
+    return _pure_fn(model, variables, stochastic)
   if source == "torchvision":
     depth = int(entry.depth)
-    model, _ = models.resnet(depth, num_classes)
-    return models.logits_fn(model, models.from_torchvision(entry.path, depth=depth))
+    model, _ = models.resnet(depth, num_classes, **act)
+    return _pure_fn(model, models.from_torchvision(entry.path, depth=depth), stochastic)
   if source == "cohen":
     arch = entry.get("arch") or None
     variables = models.from_cohen_checkpoint(entry.path, arch=arch)
-    model, _ = (models.cifar_resnet(110) if (arch or "").startswith("cifar")
-                else models.resnet(50, 1000))
-    return models.logits_fn(model, variables)
+    model, _ = (models.cifar_resnet(110, **act) if (arch or "").startswith("cifar")
+                else models.resnet(50, 1000, **act))
+    return _pure_fn(model, variables, stochastic)
   if source == "variables":
-    model, like = models.resnet(int(entry.depth), num_classes)
-    return models.logits_fn(model, models.load_variables(entry.path, like=like))
+    model, like = models.resnet(int(entry.depth), num_classes, **act)
+    return _pure_fn(model, models.load_variables(entry.path, like=like), stochastic)
   from jaxdef.experiments import _fashion_models
 
   return _fashion_models.logits_fn(label, entry, config, workdir)

@@ -125,6 +125,51 @@ def success_curves(records, path, title: str) -> pathlib.Path:
   return save(figure, path)
 
 
+def eot_comparison_bars(records, path, title: str) -> pathlib.Path:
+  """Grouped bars: success of published EOT vs. EOT-1 at the largest equal budget.
+
+  One group per defense (record key "defense"), two bars: the "published"
+  setting (m draws per step) and "eot1" (one draw per step, k x m steps),
+  both at the defense's largest budget k x m. Error bars are the 95%
+  Clopper-Pearson intervals; a cell with no initially correct image (NaN
+  rate) is drawn empty and marked "n/a".
+
+  Args:
+    records: cell records with "defense", "setting", "budget", "m", "rate",
+      "ci_low", "ci_high".
+    path: output path without suffix.
+    title: figure title.
+  """
+  defenses = sorted({r["defense"] for r in records})
+  figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(defenses), 3.4))
+  width = 0.38
+  for offset, setting, label in ((-width / 2, "published", "published EOT"),
+                                 (width / 2, "eot1", "EOT-1, same budget")):
+    heights, errors, notes = [], [[], []], []
+    for defense in defenses:
+      cells = [r for r in records if r["defense"] == defense and r["setting"] == setting]
+      top = max(cells, key=lambda r: r["budget"]) if cells else None
+      rate = np.nan if top is None else top["rate"]
+      finite = np.isfinite(rate)
+      heights.append(100 * rate if finite else 0.0)
+      errors[0].append(100 * (rate - top["ci_low"]) if finite else 0.0)
+      errors[1].append(100 * (top["ci_high"] - rate) if finite else 0.0)
+      notes.append("n/a" if not finite else (f"m={top['m']}" if setting == "published"
+                                              else f"k={top['k']}"))
+    x = np.arange(len(defenses)) + offset
+    bars = axis.bar(x, heights, width, yerr=np.array(errors), capsize=3, label=label)
+    for bar, note in zip(bars, notes):
+      axis.text(bar.get_x() + bar.get_width() / 2, 1, note, ha="center", va="bottom",
+                fontsize=6, rotation=90)
+  axis.set_xticks(range(len(defenses)), defenses, fontsize=8)
+  axis.set_ylim(0, 105)
+  axis.set_ylabel("attack success (%)")
+  axis.legend(fontsize=8)
+  axis.grid(axis="y", alpha=0.3)
+  axis.set_title(title, fontsize=9)
+  return save(figure, path)
+
+
 def theory_curves(rows, path, title: str) -> pathlib.Path:
   """Benign accuracy, robust accuracy and invariance R(k) over the threshold k.
 

@@ -1,0 +1,336 @@
+"""The "lack of randomness" study of SPEC.md section 7 (config `lack_of_randomness`).
+
+Each earlier defense (random crop, random resize-and-pad, stochastic
+activation pruning, k-WTA, "odds are odd" detection) is attacked twice with
+untargeted L-inf PGD:
+  * published: EOT over `eot` draws per step (the row's published setting),
+    k steps for every k of ``config.attack.steps``;
+  * eot1: EOT moved into the steps, one draw per step and k x eot steps,
+    so both settings cost k x eot gradient computations per image.
+Each setting is one `pgd_trajectory` run giving every k at once.
+
+Success is judged by the row's defended classifier: the majority vote over
+`votes` draws for the randomized defenses (random crop, resize-and-pad,
+SAP), the deterministic k-WTA model for k-WTA, and, for odds-are-odd, the
+undefended model together with the fitted detector: success = misclassified
+AND not flagged (the flag rates are recorded separately). Denominators are
+the images the judge classifies correctly before the attack; intervals are
+95% Clopper-Pearson.
+
+Where the attack's classifier differs from the judge:
+  * k-WTA is deterministic, but its published evaluation needs EOT-style
+    gradients over Gaussian perturbations of the input: the attack
+    differentiates the k-WTA model behind N(0, sigma^2) input noise
+    (`params.sigma`), used for gradient estimation only.
+  * odds-are-odd: the attack differentiates the model behind Gaussian noise
+    of `params.attack_sigma`, so the adversarial example stays
+    misclassified under the detector's noise.
+
+Records: ``records/<unit>__k<k>.json``, one per finished cell, written
+atomically; a rerun skips units whose cells are all on disk. Also
+results.csv, summary.md and figures/eot_vs_eot1.{png,pdf}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+import zlib
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from jaxdef import attacks
+from jaxdef import data
+from jaxdef import defenses as defenses_lib
+from jaxdef import detection
+from jaxdef.classifier import StochasticClassifier
+from jaxdef.experiments import _records
+from jaxdef.experiments import _sources
+from jaxdef.experiments import _sweep
+from jaxdef.reports import figures
+from jaxdef.reports import tables
+
+DEFENSES = ("random_crop", "resize_pad", "sap", "kwta", "odds_are_odd")
+# The activation each defense's model must have.
+ACTIVATION_OF = {"random_crop": "relu", "resize_pad": "relu", "sap": "sap", "kwta": "kwta",
+                 "odds_are_odd": "relu"}
+# Parameters each row may set (`params`); the pre-processing ones go to the registry.
+PARAMS = {"random_crop": ("crop_size",), "resize_pad": ("size_range", "output_size"),
+          "sap": (), "kwta": ("sigma",),
+          "odds_are_odd": ("sigma", "num_noise", "fpr", "fit_images", "attack_sigma")}
+SETTINGS = ("published", "eot1")
+
+CSV_COLUMNS = ("defense", "defense_name", "model", "setting", "k", "m", "budget", "alpha_255",
+               "eps", "gradient_computations", "successes", "denominator", "num_images",
+               "num_votes", "rate", "ci_low", "ci_high", "misclassified", "flagged",
+               "clean_flagged", "nonfinite_images", "attack_seconds_whole_trajectory",
+               "judge_seconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One defense of the study and its published EOT setting."""
+  label: str
+  defense: str  # one of DEFENSES
+  model: str  # a label of config.models
+  eot: int  # the published EOT draws per step, m_pub >= 2
+  votes: int  # draws of each judged prediction
+  params: dict[str, Any]
+
+
+def rows_of(config) -> list[Row]:
+  """The config's rows, checked; errors name the field and the allowed values."""
+  if "rows" not in config or not config.rows:
+    raise ValueError("config.rows must name at least one defense row")
+  rows = []
+  for label, entry in config.rows.items():
+    where = f"config.rows.{label}"
+    defense = entry.get("defense")
+    if defense not in DEFENSES:
+      raise ValueError(f"{where}.defense must be one of {', '.join(DEFENSES)}; got {defense!r}")
+    model = entry.get("model")
+    if model not in config.models:
+      raise ValueError(f"{where}.model must be a label of config.models "
+                       f"({', '.join(config.models)}); got {model!r}")
+    activation = _sources.activation_of(model, config.models[model])["activation"]
+    if activation != ACTIVATION_OF[defense]:
+      raise ValueError(f"{where}: defense {defense!r} needs a model with activation "
+                       f"{ACTIVATION_OF[defense]!r}, but config.models.{model}.activation is "
+                       f"{activation!r}")
+    eot, votes = entry.get("eot"), entry.get("votes")
+    if not isinstance(eot, int) or eot < 2:
+      raise ValueError(f"{where}.eot (the published EOT draws per step) must be an integer "
+                       f">= 2, got {eot!r}")
+    if not isinstance(votes, int) or votes < 1:
+      raise ValueError(f"{where}.votes must be an integer >= 1, got {votes!r}")
+    params = {k: tuple(v) if isinstance(v, (list, tuple)) else v
+              for k, v in dict(entry.get("params", {})).items()}
+    unknown = sorted(set(params) - set(PARAMS[defense]))
+    if unknown:
+      raise ValueError(f"{where}.params has {', '.join(unknown)}, not parameters of {defense} "
+                       f"(allowed: {', '.join(PARAMS[defense]) or 'none'})")
+    row = Row(label, defense, model, eot, votes, params)
+    _preprocessing(row)  # bad registry parameters fail here, before any work
+    rows.append(row)
+  return rows
+
+
+def _preprocessing(row: Row):
+  """The row's pre-processing defense, None for the in-model defenses."""
+  if row.defense in ("random_crop", "resize_pad"):
+    return defenses_lib.get(row.defense, **row.params)
+  return None
+
+
+def _odds_settings(row: Row) -> dict[str, Any]:
+  sigma = float(row.params.get("sigma", 0.1))
+  return {"sigma": sigma, "num_noise": int(row.params.get("num_noise", 64)),
+          "fpr": float(row.params.get("fpr", 0.01)),
+          "fit_images": int(row.params.get("fit_images", 1000)),
+          "attack_sigma": float(row.params.get("attack_sigma", sigma))}
+
+
+def _checkpoints(config, row: Row, setting: str) -> tuple[int, ...]:
+  steps = tuple(int(k) for k in config.attack.steps)
+  return steps if setting == "published" else tuple(k * row.eot for k in steps)
+
+
+def units_of(config, row: Row) -> list[tuple[str, _sweep.Unit, tuple[int, ...]]]:
+  """(setting, unit, checkpoints) of the row's two PGD runs."""
+  alpha = float(config.attack.alpha_255) / 255
+  return [(setting, _sweep.Unit(row.model, row.label, False,
+                                row.eot if setting == "published" else 1, alpha),
+           _checkpoints(config, row, setting)) for setting in SETTINGS]
+
+
+def row_costs(config) -> list[tuple[Row, int, int]]:
+  """(row, image-gradients, forward passes) of every row (for --dry_run)."""
+  n = int(config.data.num_images)
+  steps = tuple(int(k) for k in config.attack.steps)
+  costs = []
+  for row in rows_of(config):
+    gradients = len(SETTINGS) * row.eot * max(steps) * n
+    judged = (1 + len(SETTINGS) * len(steps)) * n
+    forwards = judged * row.votes
+    if row.defense == "odds_are_odd":
+      odds = _odds_settings(row)
+      forwards += (judged + odds["fit_images"]) * (odds["num_noise"] + 1)
+    costs.append((row, gradients, forwards))
+  return costs
+
+
+def cost(config) -> dict[str, int]:
+  """Units, cells, image-gradients and forward passes of the whole study."""
+  costs = row_costs(config)
+  cells = len(SETTINGS) * len(tuple(config.attack.steps))
+  return {"units": len(SETTINGS) * len(costs), "cells": cells * len(costs),
+          "image_gradients": sum(g for _, g, _ in costs),
+          "defended_forward_passes": sum(f for _, _, f in costs)}
+
+
+def _fit_images(config, dataset: _sources.EvalData, count: int) -> jax.Array:
+  """`count` clean images of the split, disjoint from the evaluated ones (fixed by seed)."""
+  source = _sources._load_split(config.data)
+  candidates = np.setdiff1d(np.arange(len(source)), dataset.indices)
+  if not 1 <= count <= len(candidates):
+    raise ValueError(f"odds_are_odd params.fit_images must be in [1, {len(candidates)}] (the "
+                     f"split's images not evaluated), got {count}")
+  rng = np.random.default_rng(int(config.seed) + 1)
+  indices = np.sort(rng.choice(candidates, size=count, replace=False))
+  images, _ = data.load_arrays(source, indices)
+  return jax.numpy.asarray(images)
+
+
+@dataclasses.dataclass
+class _Judge:
+  """How a row is attacked and judged."""
+  attack: StochasticClassifier
+  judge: StochasticClassifier
+  votes: int
+  detector: detection.OddsDetector | None = None
+
+  def __call__(self, key, images) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted labels (B,), flagged (B,) bool)."""
+    vote_key, flag_key = jax.random.split(key)
+    predictions = np.asarray(self.judge.predict(vote_key, images, n=self.votes))
+    if self.detector is None:
+      return predictions, np.zeros(predictions.shape, bool)
+    return predictions, np.asarray(self.detector.flags(flag_key, images))
+
+
+def _judge_for(config, row: Row, logits_fn, dataset, key) -> _Judge:
+  chunk = int(config.attack.vote_chunk_size)
+  if row.defense in ("random_crop", "resize_pad"):
+    clf = StochasticClassifier(logits_fn, _preprocessing(row), vote_chunk_size=chunk)
+    return _Judge(clf, clf, row.votes)
+  if row.defense == "sap":
+    clf = StochasticClassifier(logits_fn, None, vote_chunk_size=chunk, stochastic_model=True)
+    return _Judge(clf, clf, row.votes)
+  judge = StochasticClassifier(logits_fn, None, vote_chunk_size=chunk)
+  if row.defense == "kwta":
+    sigma = float(row.params.get("sigma", 0.05))
+    attack = StochasticClassifier(logits_fn, defenses_lib.randomized_smoothing(sigma=sigma),
+                                  vote_chunk_size=chunk)
+    return _Judge(attack, judge, row.votes)
+  odds = _odds_settings(row)
+  stats = detection.fit(key, logits_fn, _fit_images(config, dataset, odds["fit_images"]),
+                        sigma=odds["sigma"], num_noise=odds["num_noise"], fpr=odds["fpr"])
+  attack = StochasticClassifier(
+      logits_fn, defenses_lib.randomized_smoothing(sigma=odds["attack_sigma"]),
+      vote_chunk_size=chunk)
+  return _Judge(attack, judge, row.votes, detection.OddsDetector(logits_fn, stats))
+
+
+def _role_key(root, role: str):
+  return jax.random.fold_in(root, zlib.crc32(role.encode()) & 0x7FFFFFFF)
+
+
+def _finished(workdir, unit, checkpoints) -> list[dict] | None:
+  records = [_sweep._read_cell(_sweep.cell_path(workdir, unit, k)) for k in checkpoints]
+  return records if all(r is not None for r in records) else None
+
+
+def run_rows(config, rows: list[Row], logits_fns, dataset, workdir: pathlib.Path, *,
+             on_unit=None) -> list[dict]:
+  """Runs (or resumes) every unit of every row; returns all cell records."""
+  root = jax.random.key(int(config.seed))
+  eps = float(config.attack.eps_255) / 255
+  chunk = config.attack.get("eot_chunk_size") or None
+  images, labels = dataset.images, np.asarray(dataset.labels)
+  out = []
+  plan = [(row, *unit) for row in rows for unit in units_of(config, row)]
+  done = {u.name: _finished(workdir, u, c) for _, _, u, c in plan}
+  bar = tqdm(total=len(plan), initial=sum(r is not None for r in done.values()),
+             desc="lack-of-randomness units", unit="run", disable=not config.progress)
+  judges: dict[str, _Judge] = {}
+  clean: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+  for row, setting, unit, checkpoints in plan:
+    if done[unit.name] is None:
+      if row.label not in judges:
+        judges[row.label] = _judge_for(config, row, logits_fns[row.model], dataset,
+                                       _role_key(root, f"fit/{row.label}"))
+        clean[row.label] = judges[row.label](_role_key(root, f"clean/{row.label}"), images)
+      judge = judges[row.label]
+      clean_predictions, clean_flags = clean[row.label]
+      start = time.perf_counter()
+      attack_key, judge_key = jax.random.split(unit.key(root))
+      results = attacks.pgd_trajectory_results(
+          attack_key, judge.attack, images, dataset.labels, eps=eps, alpha=unit.alpha,
+          eot=unit.eot, checkpoints=checkpoints, eot_chunk_size=chunk)
+      attack_s = time.perf_counter() - start
+      correct = clean_predictions == labels
+      for k, result in results.items():
+        start = time.perf_counter()
+        predictions, flagged = judge(jax.random.fold_in(judge_key, k), result.adversarial)
+        # A flagged adversarial example is caught: it counts as no success.
+        rate = attacks.success_rate(clean_predictions, np.where(flagged, labels, predictions),
+                                    labels, num_votes=row.votes)
+        record = {
+            "unit": unit.name, "attack": "pgd", "model": row.model, "defense": row.label,
+            "defense_name": row.defense, "setting": setting, "targeted": False,
+            "k": int(k), "m": unit.eot, "budget": int(result.strength),
+            "alpha": unit.alpha, "alpha_255": round(unit.alpha * 255, 4), "eps": eps,
+            "gradient_computations": int(result.strength),
+            "misclassified": int((correct & (predictions != labels)).sum()),
+            "flagged": int((correct & flagged).sum()),
+            "clean_flagged": int(clean_flags.sum()),
+            "nonfinite_images": int((np.asarray(result.nonfinite_step) >= 0).sum()),
+            "attack_seconds_whole_trajectory": round(attack_s, 3),
+            "judge_seconds": round(time.perf_counter() - start, 3),
+            **rate.as_dict(),
+        }
+        _records.write_json(_sweep.cell_path(workdir, unit, k), record)
+      done[unit.name] = _finished(workdir, unit, checkpoints)
+      bar.update(1)
+      if on_unit is not None:
+        on_unit(unit)
+    out.extend(done[unit.name])
+  bar.close()
+  return out
+
+
+def _setting_name(record: dict) -> str:
+  return (f"published EOT-{record['m']}" if record["setting"] == "published"
+          else "EOT-1 (same budget)")
+
+
+def summarize(records: list[dict], workdir: pathlib.Path, title: str) -> str:
+  """Writes results.csv, the figure and summary.md; returns the summary text."""
+  _records.write_atomic(workdir / "results.csv", tables.csv(records, CSV_COLUMNS))
+  ordered = sorted(records, key=lambda r: (r["defense"], r["budget"], r["setting"] != "published"))
+  rows = [dict(r, setting_name=_setting_name(r), success=tables.rate_with_interval(r),
+               flags=(f"{r['flagged']}/{r['denominator']} (clean: {r['clean_flagged']}/"
+                      f"{r['num_images']})" if r["defense_name"] == "odds_are_odd" else "-"))
+          for r in ordered]
+  figure = figures.eot_comparison_bars(records, workdir / "figures" / "eot_vs_eot1", title)
+  columns = [("defense", "defense"), ("setting_name", "setting"), ("k", "k"), ("m", "m"),
+             ("budget", "k x m"), ("success", "success (count/denominator, 95% CI)"),
+             ("flags", "flagged adversarial / clean"), ("num_votes", "votes")]
+  lines = [f"# {title}", "",
+           "Untargeted L-inf PGD. Each defense is attacked with its published EOT setting "
+           "(m draws per step, k steps) and with EOT-1 at the same number of gradient "
+           "computations per image (k x m steps, one draw each). Success is judged by the "
+           "defended classifier over the images it classified correctly before the attack; "
+           "for odds-are-odd an adversarial example also has to escape the detector.", "",
+           tables.markdown(rows, columns), "", f"![published EOT vs EOT-1](figures/{figure.name})",
+           ""]
+  summary = "\n".join(lines)
+  _records.write_atomic(workdir / "summary.md", summary)
+  return summary
+
+
+def run_lack_of_randomness(config, workdir: pathlib.Path) -> dict:
+  """Runs (or resumes) the study; returns {"records", "summary"}."""
+  rows = rows_of(config)
+  dataset = _sources.load_eval_data(config, workdir)
+  needed = {row.model for row in rows}
+  logits_fns = {label: _sources.load_model(label, config.models[label], config, workdir)
+                for label in config.models if label in needed}
+  records = run_rows(config, rows, logits_fns, dataset, workdir)
+  summary = summarize(records, workdir, f"Lack of randomness: {dataset.name}")
+  print(summary)
+  return {"records": records, "summary": summary}
