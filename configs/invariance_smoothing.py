@@ -72,11 +72,15 @@ def build(experiment: str, parameter: str, defenses: dict, variant: str
     config.data.target_label = -1
     config.attack.eps_255 = 8.0
     model = {"source": "variables", "depth": 34, "path": ""}
+    # Plain variables files have no per-epoch checkpoints to track.
+    config.invariance.track_epochs = False
     config.models = ml_collections.ConfigDict({"base": model})
     for label in defenses:
       config.models[f"finetuned_{label}"] = dict(model)
     return config
 
+  # Robustness during fine-tuning: every epoch's checkpoint is attacked too.
+  config.invariance.track_epochs = True
   config.data.name = "fashion_mnist"
   config.data.source = "idx"
   config.data.split = "test"

@@ -139,10 +139,26 @@ def test_invariance_tiny_run(tmp_path, models_dir, module):
       assert record["model"] == f"finetuned_{record['defense']}"
   # The base model's clean accuracy is one number whatever the defense.
   assert len({r["clean_accuracy"] for r in records if r["role"] == "before"}) == 1
-  assert len(list((run / "records").glob("*.json"))) == len(records)
+  # Robustness during fine-tuning: epoch 0 is the base model's cell, the last
+  # epoch's checkpoint is the fine-tuned model measured with the same draws.
+  assert config.invariance.track_epochs
+  tracked = list(csv.DictReader((run / "epochs.csv").open()))
+  epochs = int(next(iter(config.models.values())).finetune_epochs)
+  assert len(tracked) == (epochs + 1) * len(config.defenses)
+  measured = ("successes", "denominator", "invariance", "clean_accuracy", "vote_accuracy")
+  for record in records:
+    role_epoch = 0 if record["role"] == "before" else epochs
+    row = next(r for r in tracked
+               if r["defense"] == record["defense"] and int(r["epoch"]) == role_epoch)
+    for field in measured:
+      assert float(row[field]) == pytest.approx(record[field]), (record["role"], field)
+  assert len(list((run / "records").glob("*.json"))) == len(records) + epochs * len(
+      config.defenses)
   for suffix in ("png", "pdf"):
     assert (run / "figures" / f"invariance_tradeoff.{suffix}").is_file()
+    assert (run / "figures" / f"invariance_epochs.{suffix}").is_file()
   assert f"{parameter} sweep" in (run / "summary.md").read_text()
+  assert "During fine-tuning" in (run / "summary.md").read_text()
   # A rerun resumes from the records: nothing recomputed, the same numbers.
   again = experiments.run(config, tmp_path / "run")
   strip = lambda rs: [{k: v for k, v in r.items() if k != "success"} for r in rs]
@@ -150,6 +166,10 @@ def test_invariance_tiny_run(tmp_path, models_dir, module):
 
 
 def test_invariance_config_checks():
+  config = invariance_smoothing.get_config("imagenette")
+  config.invariance.track_epochs = True
+  with pytest.raises(ValueError, match="track_epochs=False"):
+    experiments.dry_run(config)
   config = invariance_smoothing.get_config("tiny")
   del config.models["finetuned_smoothing_050"]
   with pytest.raises(ValueError, match="finetuned_smoothing_050"):

@@ -73,6 +73,12 @@ def describe(config) -> dict[str, Any]:
     report["models"][label] = f"{source}{note}"
   for label, defense in _sources.build_defenses(config.get("defenses", {})).items():
     report["defenses"][label] = repr(defense)
+  if config.experiment in ("invariance_smoothing", "invariance_bart"):
+    from jaxdef.experiments import _invariance
+
+    _invariance.check_models(config)
+    _invariance.check_tracking(config)
+    report["track_epochs"] = bool(config.invariance.get("track_epochs", False))
   if config.experiment == "lack_of_randomness":
     from jaxdef.experiments import _lack_of_randomness
 

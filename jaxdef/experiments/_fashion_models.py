@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import pathlib
 import zlib
+from typing import Any
 
 import jax
 
@@ -92,9 +93,39 @@ def trained(label: str, entry, config, *, progress: bool = True):
                f"_e{epochs}_lr{rate:g}")
   tuned = train.finetune(model, base.variables, train_data, val_data, defense=defense,
                          epochs=epochs, learning_rate=rate, seed=int(config.seed),
-                         workdir=tuned_dir, keep_checkpoints=1, progress=progress)
+                         workdir=tuned_dir, progress=progress)  # every epoch kept: tracked
   return (model.clone(**evaluated), tuned.variables,
           {"dir": str(tuned_dir), "history": tuned.history})
+
+
+def epoch_variables(label: str, entry, config, *, progress: bool = True
+                    ) -> tuple[Any, list[tuple[int, dict]]]:
+  """The fine-tuned entry's model and its variables after every fine-tuning epoch.
+
+  Returns (model, [(epoch, variables), ...]) with epoch 0 the base model the
+  fine-tuning started from, then 1..finetune_epochs from the per-epoch
+  checkpoints (trains or resumes first when they are not all there).
+
+  Raises:
+    ValueError: the entry is not fine-tuned, or a checkpoint is missing (a
+      model cached by an older jaxdef that kept only the last epoch).
+  """
+  if not entry.get("finetune_defense", ""):
+    raise ValueError(f"config.models.{label} is not fine-tuned (finetune_defense is empty): "
+                     "there are no fine-tuning epochs to track")
+  model, _, info = trained(label, entry, config, progress=progress)
+  _, base, _ = trained(label, dict(entry, finetune_defense=""), config, progress=progress)
+  found = dict(train.list_checkpoints(info["dir"]))
+  wanted = range(1, int(entry.get("finetune_epochs", 2)) + 1)
+  missing = [epoch for epoch in wanted if epoch not in found]
+  if missing:
+    raise ValueError(f"{info['dir']} lacks the checkpoints of fine-tuning epochs "
+                     f"{', '.join(map(str, missing))} (kept only the last): delete the folder to "
+                     "fine-tune again with every epoch kept")
+  tracked = [(0, base)]
+  tracked += [(epoch, train.load_checkpoint(found[epoch], variables_like=base).variables)
+              for epoch in wanted]
+  return model, tracked
 
 
 def logits_fn(label: str, entry, config, workdir):

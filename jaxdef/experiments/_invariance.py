@@ -11,6 +11,13 @@ the vote classified correctly, with its 95% Clopper-Pearson interval. Each
 of the same config resumes. Writes results.csv, summary.md and a figure of
 invariance, vote accuracy and attack success against strength for both
 models (PNG and PDF).
+
+With ``config.invariance.track_epochs`` (models trained here, source
+``fashion_small_resnet``), robustness is also tracked during fine-tuning:
+the same measurements for the checkpoint of every fine-tuning epoch (epoch
+0 = the base model), under the same key, into epochs.csv and a figure of
+invariance, vote accuracy and attack success against epoch, one line per
+strength.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import numpy as np
 
 from jaxdef import StochasticClassifier
 from jaxdef import attacks
+from jaxdef import models
 from jaxdef.experiments import _records
 from jaxdef.experiments import _sources
 from jaxdef.reports import figures
@@ -111,31 +119,30 @@ def measure_cell(clf: StochasticClassifier, key: jax.Array, images: jax.Array,
           "loss": str(attack.loss), "attack_seconds": seconds, **rate.as_dict()}
 
 
-def tradeoff_figure(records: list[dict], path, parameter: str, title: str) -> pathlib.Path:
-  """Invariance, vote accuracy and attack success against strength, before/after fine-tuning."""
-  import matplotlib.pyplot as plt
+EPOCH_COLUMNS = ("defense", "strength", "model", "epoch", "num_images", "clean_accuracy",
+                 "invariance", "vote_accuracy", "successes", "denominator", "rate", "ci_low",
+                 "ci_high", "robust_accuracy", "gradient_computations", "attack_seconds")
+PANELS = (("invariance", "rate of invariance"), ("vote_accuracy", "vote accuracy"),
+          ("rate", "APGD success (no EOT)"))
 
-  panels = (("invariance", "rate of invariance"), ("vote_accuracy", "vote accuracy"),
-            ("rate", "APGD success (no EOT)"))
-  figure, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), sharey=True)
-  for role, style in zip(ROLES, ("o-", "s--")):
-    line = sorted((r for r in records if r["role"] == role), key=lambda r: r["strength"])
-    if not line:
-      continue
-    x = [r["strength"] for r in line]
-    label = "base model" if role == "before" else "fine-tuned on the defense"
-    for axis, (metric, heading) in zip(axes, panels):
-      values = np.array([100 * r[metric] for r in line])
-      if metric == "rate":
-        error = np.array([[100 * (r["rate"] - r["ci_low"]) for r in line],
-                          [100 * (r["ci_high"] - r["rate"]) for r in line]])
-        axis.errorbar(x, values, yerr=np.nan_to_num(error), fmt=style, markersize=4, capsize=2,
-                      label=label)
-      else:
-        axis.plot(x, values, style, markersize=4, label=label)
-      axis.set_title(heading, fontsize=9)
+
+def _plot_panels(axes, x, line: list[dict], style: str, label: str) -> None:
+  """One line per panel of `PANELS` (in %), success with its CI as error bars."""
+  for axis, (metric, heading) in zip(axes, PANELS):
+    values = np.array([100 * r[metric] for r in line])
+    if metric == "rate":
+      error = np.array([[100 * (r["rate"] - r["ci_low"]) for r in line],
+                        [100 * (r["ci_high"] - r["rate"]) for r in line]])
+      axis.errorbar(x, values, yerr=np.nan_to_num(error), fmt=style, markersize=4, capsize=2,
+                    label=label)
+    else:
+      axis.plot(x, values, style, markersize=4, label=label)
+    axis.set_title(heading, fontsize=9)
+
+
+def _finish_axes(figure, axes, xlabel: str, title: str, path) -> pathlib.Path:
   for axis in axes:
-    axis.set_xlabel(parameter)
+    axis.set_xlabel(xlabel)
     axis.set_ylim(-2, 102)
     axis.grid(alpha=0.3)
   axes[0].set_ylabel("%")
@@ -144,9 +151,111 @@ def tradeoff_figure(records: list[dict], path, parameter: str, title: str) -> pa
   return figures.save(figure, path)
 
 
+def epochs_figure(records: list[dict], path, parameter: str, title: str) -> pathlib.Path:
+  """Invariance, vote accuracy and attack success against fine-tuning epoch, per strength."""
+  import matplotlib.pyplot as plt
+
+  figure, axes = plt.subplots(1, len(PANELS), figsize=(3.4 * len(PANELS), 3.2), sharey=True)
+  for strength in sorted({r["strength"] for r in records}):
+    line = sorted((r for r in records if r["strength"] == strength), key=lambda r: r["epoch"])
+    _plot_panels(axes, [r["epoch"] for r in line], line, "o-", f"{parameter} = {strength:g}")
+  for axis in axes:
+    axis.xaxis.get_major_locator().set_params(integer=True)
+  return _finish_axes(figure, axes, "fine-tuning epoch", title, path)
+
+
+def tradeoff_figure(records: list[dict], path, parameter: str, title: str) -> pathlib.Path:
+  """Invariance, vote accuracy and attack success against strength, before/after fine-tuning."""
+  import matplotlib.pyplot as plt
+
+  figure, axes = plt.subplots(1, len(PANELS), figsize=(3.4 * len(PANELS), 3.2), sharey=True)
+  for role, style in zip(ROLES, ("o-", "s--")):
+    line = sorted((r for r in records if r["role"] == role), key=lambda r: r["strength"])
+    if line:
+      _plot_panels(axes, [r["strength"] for r in line], line, style,
+                   "base model" if role == "before" else "fine-tuned on the defense")
+  return _finish_axes(figure, axes, parameter, title, path)
+
+
+def check_tracking(config) -> None:
+  """Epoch tracking needs models trained here (per-epoch checkpoints)."""
+  if not config.invariance.get("track_epochs", False):
+    return
+  for label in config.defenses:
+    entry = config.models[finetuned_label(label)]
+    if entry.get("source") != "fashion_small_resnet":
+      raise ValueError(
+          f"config.invariance.track_epochs needs per-epoch checkpoints, which only models "
+          f"trained here have (source 'fashion_small_resnet'); config.models."
+          f"{finetuned_label(label)}.source is {entry.get('source')!r}: set "
+          "--config.invariance.track_epochs=False")
+
+
+def track_epochs(config, workdir: pathlib.Path, dataset, defenses: dict,
+                 records: list[dict]) -> list[dict]:
+  """Robustness during fine-tuning: `measure_cell` at every fine-tuning epoch.
+
+  Epoch 0 is the base model's "before" record (the same key and draws);
+  epochs 1..E load the fine-tuned model's checkpoints. Each (defense, epoch)
+  cell is written to records/ when it finishes, like the main cells.
+  """
+  from jaxdef.experiments import _fashion_models
+
+  root = jax.random.key(int(config.seed))
+  before = {r["defense"]: r for r in records if r["role"] == "before"}
+  tracked = []
+  for index, (defense_label, defense) in enumerate(defenses.items()):
+    key = jax.random.fold_in(root, index)  # as in run_invariance: the same draws
+    model_label = finetuned_label(defense_label)
+    tracked.append({**before[defense_label], "model": model_label, "epoch": 0})
+    epochs = range(1, int(config.models[model_label].get("finetune_epochs", 2)) + 1)
+    paths = {e: workdir / "records" / f"{defense_label}__{model_label}__epoch{e:03d}.json"
+             for e in epochs}
+    cells = {e: _read_cell(path) for e, path in paths.items()}
+    if any(cell is None for cell in cells.values()):
+      model, variables_by_epoch = _fashion_models.epoch_variables(
+          model_label, config.models[model_label], config,
+          progress=bool(config.get("progress", True)))
+      for epoch, variables in variables_by_epoch:
+        if epoch == 0 or cells[epoch] is not None:
+          continue
+        clf = StochasticClassifier(models.logits_fn(model, variables), defense,
+                                   vote_chunk_size=int(config.attack.vote_chunk_size))
+        cells[epoch] = {"defense": defense_label, "strength": before[defense_label]["strength"],
+                        "parameter": config.invariance.parameter, "model": model_label,
+                        "epoch": epoch,
+                        **measure_cell(clf, key, dataset.images, dataset.labels, config.attack)}
+        _records.write_json(paths[epoch], cells[epoch])
+    tracked += [cells[e] for e in epochs]
+  _records.write_atomic(workdir / "epochs.csv", tables.csv(tracked, EPOCH_COLUMNS))
+  return tracked
+
+
+def _epochs_section(tracked: list[dict], workdir: pathlib.Path, parameter: str, name: str,
+                    attack) -> list[str]:
+  """The summary's "during fine-tuning" table and figure (empty without tracking)."""
+  if not tracked:
+    return []
+  figure = epochs_figure(tracked, workdir / "figures" / "invariance_epochs", parameter,
+                         f"{name}: during fine-tuning, APGD-{attack.steps}, eps = "
+                         f"{attack.eps_255:g}/255")
+  for record in tracked:
+    record["success"] = tables.rate_with_interval(record)
+  return ["## During fine-tuning", "",
+          "The fine-tuned model at every epoch's checkpoint (epoch 0: the base model), "
+          "measured as above with the same draws (epochs.csv).", "",
+          tables.markdown(tracked, [("strength", parameter), ("epoch", "epoch"),
+                                    ("clean_accuracy", "clean acc."),
+                                    ("invariance", "invariance"), ("vote_accuracy", "vote acc."),
+                                    ("success", "APGD success"),
+                                    ("robust_accuracy", "robust acc.")]), "",
+          f"![epochs](figures/{figure.name})", ""]
+
+
 def run_invariance(config, workdir: pathlib.Path) -> dict:
   """Runs (or resumes) the trade-off study; returns {"records", "summary"}."""
   check_models(config)
+  check_tracking(config)
   strength_of = strengths(config)
   parameter = config.invariance.parameter
   dataset = _sources.load_eval_data(config, workdir)
@@ -171,6 +280,8 @@ def run_invariance(config, workdir: pathlib.Path) -> dict:
         _records.write_json(path, record)
       records.append(record)
   _records.write_atomic(workdir / "results.csv", tables.csv(records, CSV_COLUMNS))
+  tracked = (track_epochs(config, workdir, dataset, defenses, records)
+             if config.invariance.get("track_epochs", False) else [])
   attack = config.attack
   figure = tradeoff_figure(
       records, workdir / "figures" / "invariance_tradeoff", parameter,
@@ -192,7 +303,8 @@ def run_invariance(config, workdir: pathlib.Path) -> dict:
                                 ("invariance", "invariance"), ("vote_accuracy", "vote acc."),
                                 ("success", "APGD success"),
                                 ("robust_accuracy", "robust acc.")]), "",
-      f"![trade-off](figures/{figure.name})", ""])
+      f"![trade-off](figures/{figure.name})", ""] + _epochs_section(
+          tracked, workdir, parameter, dataset.name, attack))
   _records.write_atomic(workdir / "summary.md", summary)
   print(summary)
   return {"records": records, "summary": summary}
