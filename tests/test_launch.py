@@ -53,3 +53,17 @@ def test_default_config_dry_run_names_loaders_and_cost():
   assert report["experiment"] == "default"
   assert report["models"] == {"base": "fashion_small_resnet", "invariant": "fashion_small_resnet"}
   assert report["image_gradients"] == 2 * 2 * 2 * (1 + 5) * 50 * 100
+
+
+def test_bench_writes_throughput_records(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  done = subprocess.run(
+      [sys.executable, "-m", "launch.bench", f"--workdir={tmp_path}", "--batch=4", "--steps=1",
+       "--eot=1,2", "--votes=4", "--defense=smoothing"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  rows = json.loads((tmp_path / "bench.json").read_text())["results"]
+  assert [(r["kind"], r.get("eot")) for r in rows] == [("pgd", 1), ("pgd", 2), ("vote", None)]
+  assert all(r["defense"] == "randomized_smoothing(0.25)" for r in rows)
+  assert rows[0]["image_gradients_per_second"] > 0 and rows[2]["forward_passes_per_second"] > 0
+  assert "image-gradients/s" in (tmp_path / "bench.md").read_text()
