@@ -15,23 +15,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import _common
 from configs import theory as theory_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.experiment = "default"
-  config.seed = 0
-  config.progress = True
-  config.models_dir = "runs/models"  # trained models, shared across runs
-
-  config.data = ml_collections.ConfigDict()
-  config.data.name = "fashion_mnist"
-  config.data.source = "idx"
-  config.data.split = "test"
-  config.data.num_images = 100
-  config.data.dir = ""  # empty: $JAXDEF_FASHION_MNIST_DIR or the Debian package's folder
-  config.data.target_label = -1  # targeted attacks aim at the last class, 9 (ankle boot)
+  config = _common.new_config("default")
+  # Targeted attacks aim at the last class, 9 (ankle boot).
+  _common.set_data(config, "fashion_mnist", num_images=100)
 
   # The small ResNet, and a copy fine-tuned on the attacked defense's data.
   base = {"source": "fashion_small_resnet", "widths": (8, 16, 32), "epochs": 4,
@@ -45,7 +36,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "smoothing_025": {"name": "randomized_smoothing", "sigma": 0.25},
   })
 
-  config.attack = ml_collections.ConfigDict()
   # Fashion-MNIST models need a larger budget than ImageNet's 8/255 to be broken.
   config.attack.eps_255 = 16.0
   config.attack.steps = (10, 20, 50)  # k: one trajectory per (m, alpha)

@@ -14,22 +14,13 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import _common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "fashion"
-  config = ml_collections.ConfigDict()
-  config.experiment = "finetune"
-  config.seed = 0
-  config.progress = True
-  config.models_dir = "runs/models"  # trained models, shared across runs
-
-  config.data = ml_collections.ConfigDict()
-  config.data.name = "fashion_mnist"
-  config.data.source = "idx"
-  config.data.split = "test"
-  config.data.dir = ""
-  config.data.num_images = 1000
-  config.data.target_label = -1
+  config = _common.new_config("finetune")
+  _common.set_data(config, "fashion_mnist", num_images=1000)
 
   config.defenses = ml_collections.ConfigDict({
       "smoothing_025": {"name": "randomized_smoothing", "sigma": 0.25},

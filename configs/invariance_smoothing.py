@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import _common
+
 SIGMAS = {"imagenette": (0.12, 0.25, 0.5, 1.0), "fashion": (0.12, 0.25, 0.5),
           "tiny": (0.25, 0.5)}
 
@@ -46,16 +48,10 @@ def build(experiment: str, parameter: str, defenses: dict, variant: str
     defenses: label -> defense entry, one per strength.
     variant: "imagenette" | "fashion" | "tiny".
   """
-  config = ml_collections.ConfigDict()
-  config.experiment = experiment
-  config.seed = 0
-  config.progress = True
-  config.models_dir = "runs/models"  # trained models, shared across runs
+  config = _common.new_config(experiment)
   config.invariance = ml_collections.ConfigDict({"parameter": parameter})
   config.defenses = ml_collections.ConfigDict(defenses)
 
-  config.data = ml_collections.ConfigDict()
-  config.attack = ml_collections.ConfigDict()
   config.attack.steps = 200  # APGD-200
   config.attack.eot = 1  # without EOT
   config.attack.loss = "ce"
@@ -64,12 +60,7 @@ def build(experiment: str, parameter: str, defenses: dict, variant: str
   config.attack.invariance_draws = 100
 
   if variant == "imagenette":
-    config.data.name = "imagenette"
-    config.data.source = "folder"  # or "tfds"
-    config.data.split = "validation"
-    config.data.dir = ""
-    config.data.num_images = 1000
-    config.data.target_label = -1
+    _common.set_data(config, "imagenette", num_images=1000)
     config.attack.eps_255 = 8.0
     model = {"source": "variables", "depth": 34, "path": ""}
     # Plain variables files have no per-epoch checkpoints to track.
@@ -81,12 +72,7 @@ def build(experiment: str, parameter: str, defenses: dict, variant: str
 
   # Robustness during fine-tuning: every epoch's checkpoint is attacked too.
   config.invariance.track_epochs = True
-  config.data.name = "fashion_mnist"
-  config.data.source = "idx"
-  config.data.split = "test"
-  config.data.dir = ""
-  config.data.num_images = 500
-  config.data.target_label = -1
+  _common.set_data(config, "fashion_mnist", num_images=500)
   config.attack.eps_255 = 16.0  # Fashion-MNIST needs more than ImageNet's 8/255
   config.attack.votes = 100
   config.attack.vote_chunk_size = 50

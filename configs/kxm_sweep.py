@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import _common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "imagenet"
-  config = ml_collections.ConfigDict()
-  config.experiment = "kxm_sweep"
-  config.seed = 0
-  config.progress = True
-
-  config.data = ml_collections.ConfigDict()
-  config.attack = ml_collections.ConfigDict()
+  config = _common.new_config("kxm_sweep")
   config.attack.eps_255 = 8.0  # L-inf budget in 1/255 units
   config.attack.steps = (10, 20, 50, 100, 200, 500, 1000)  # k, one trajectory per (m, alpha)
   config.attack.eots = (1, 5, 10, 20)  # m
@@ -36,12 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.eot_chunk_size = 0  # 0: all m draws at once
 
   if variant == "imagenet":
-    config.data.name = "imagenet"
-    config.data.source = "folder"  # or "tfds"
-    config.data.split = "validation"
-    config.data.dir = ""  # the validation folder (class-per-folder) or the tfds data_dir
-    config.data.num_images = 1000
-    config.data.target_label = -1  # the last class, 999
+    # --config.data.dir: the validation folder (class-per-folder) or the tfds
+    # data_dir. Targeted attacks aim at the last class, 999.
+    _common.set_data(config, "imagenet", num_images=1000)
     config.models = ml_collections.ConfigDict({
         "resnet50": {"source": "torchvision", "depth": 50, "path": ""}})
     config.defenses = ml_collections.ConfigDict({
@@ -50,12 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "noise": {"name": "noise"},
     })
   elif variant in ("fashion", "tiny"):
-    config.data.name = "fashion_mnist"
-    config.data.source = "idx"
-    config.data.split = "test"
-    config.data.dir = ""
-    config.data.num_images = 200
-    config.data.target_label = -1  # the last class, 9 (ankle boot)
+    # Targeted attacks aim at the last class, 9 (ankle boot).
+    _common.set_data(config, "fashion_mnist", num_images=200)
     config.models = ml_collections.ConfigDict({
         "base": {"source": "fashion_small_resnet", "finetune_defense": ""}})
     config.defenses = ml_collections.ConfigDict({

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import _common
+
 # This project's choices (not the papers'): EOT draws per step of the rows
 # whose published EOT setting SPEC.md does not give.
 EOT_RESIZE_PAD = 30
@@ -61,14 +63,7 @@ def _rows(relu: str, sap: str, kwta: str) -> dict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "imagenet"
-  config = ml_collections.ConfigDict()
-  config.experiment = "lack_of_randomness"
-  config.seed = 0
-  config.progress = True
-  config.models_dir = "runs/models"  # trained Fashion-MNIST models, shared across runs
-
-  config.data = ml_collections.ConfigDict()
-  config.attack = ml_collections.ConfigDict()
+  config = _common.new_config("lack_of_randomness")
   config.attack.eps_255 = 8.0  # L-inf budget in 1/255 units
   config.attack.alpha_255 = 1.0  # PGD step in 1/255 units, both settings
   config.attack.steps = (10, 50, 100)  # k of the published setting; EOT-1 runs k x m
@@ -76,11 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.eot_chunk_size = 10  # EOT draws evaluated at once (memory); 0: all
 
   if variant == "imagenet":
-    config.data.name = "imagenet"
-    config.data.source = "folder"  # or "tfds"
-    config.data.split = "validation"
-    config.data.dir = ""
-    config.data.num_images = 1000
+    _common.set_data(config, "imagenet", num_images=1000)
     config.models = ml_collections.ConfigDict({
         "resnet50": {"source": "torchvision", "depth": 50, "path": ""},
         "resnet50_sap": {"source": "torchvision", "depth": 50, "path": "", "activation": "sap",
@@ -90,11 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     })
     config.rows = ml_collections.ConfigDict(_rows("resnet50", "resnet50_sap", "resnet50_kwta"))
   elif variant in ("fashion", "tiny"):
-    config.data.name = "fashion_mnist"
-    config.data.source = "idx"
-    config.data.split = "test"
-    config.data.dir = ""
-    config.data.num_images = 200
+    _common.set_data(config, "fashion_mnist", num_images=200)
     # Fashion-MNIST needs a larger budget than ImageNet's 8/255 to be broken.
     config.attack.eps_255 = 16.0
     config.attack.alpha_255 = 2.0

@@ -17,23 +17,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import _common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "fashion"
-  config = ml_collections.ConfigDict()
-  config.experiment = "perturbation_pictures"
-  config.seed = 0
-  config.progress = True
-  config.models_dir = "runs/models"  # trained models, shared across runs
+  config = _common.new_config("perturbation_pictures")
   config.num_pictures = 4  # rows of the picture grid
-
-  config.data = ml_collections.ConfigDict()
-  config.data.name = "fashion_mnist"
-  config.data.source = "idx"
-  config.data.split = "test"
-  config.data.dir = ""
-  config.data.num_images = 100
-  config.data.target_label = -1
+  _common.set_data(config, "fashion_mnist", num_images=100)
 
   config.models = ml_collections.ConfigDict({
       "base": {"source": "fashion_small_resnet", "widths": (8, 16, 32), "epochs": 4,
@@ -41,7 +32,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.defenses = ml_collections.ConfigDict({
       "smoothing_025": {"name": "randomized_smoothing", "sigma": 0.25}})
 
-  config.attack = ml_collections.ConfigDict()
   config.attack.eps_255 = 16.0  # Fashion-MNIST needs more than ImageNet's 8/255
   config.attack.alpha_255 = 2.0
   config.attack.settings = ((50, 1), (10, 5))  # (k, m) pairs of one budget k x m
@@ -50,10 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.vote_chunk_size = 50
 
   if variant == "imagenet":
-    config.data.name = "imagenet"
-    config.data.source = "folder"  # or "tfds"
-    config.data.split = "validation"
-    config.data.num_images = 100
+    _common.set_data(config, "imagenet", num_images=100)
     config.models = ml_collections.ConfigDict({
         "resnet50": {"source": "torchvision", "depth": 50, "path": ""}})
     config.attack.eps_255 = 8.0
