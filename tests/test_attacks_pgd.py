@@ -169,6 +169,9 @@ def test_targeted_pgd_on_a_trained_model_reaches_its_targets(fashion_mlp):
 
   8/255 is the study's ImageNet budget; Fashion-MNIST models need larger
   perturbations (the usual L-inf budgets there are 0.1 to 0.3), so 0.25.
+  Measured on this MLP (256 test images, target class 9, alpha 1/255 and
+  2/255 alike): eps 8/255 reaches 0.9% (2/225), 16/255 4.9% (11/225), 0.1
+  27.6% (62/225).
   """
   x = jnp.asarray(fashion_mlp.test_images[:64])
   labels = jnp.asarray(fashion_mlp.test_labels[:64])
