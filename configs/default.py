@@ -25,11 +25,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   _common.set_data(config, "fashion_mnist", num_images=100)
 
   # The small ResNet, and a copy fine-tuned on the attacked defense's data.
-  base = {"source": "fashion_small_resnet", "widths": (8, 16, 32), "epochs": 4,
-          "batch_size": 256, "learning_rate": 1e-3}
+  # 3 epochs at 3e-3 and one fine-tuning epoch keep the whole job under 15
+  # minutes on two CPU cores (measured: see README); the fine-tuned copy's
+  # defended validation accuracy no longer rose in a second epoch.
+  base = {"source": "fashion_small_resnet", "widths": (8, 16, 32), "epochs": 3,
+          "batch_size": 256, "learning_rate": 3e-3}
   config.models = ml_collections.ConfigDict({
       "base": dict(base, finetune_defense=""),
-      "invariant": dict(base, finetune_defense="smoothing_025", finetune_epochs=2,
+      "invariant": dict(base, finetune_defense="smoothing_025", finetune_epochs=1,
                         finetune_learning_rate=3e-4),
   })
   config.defenses = ml_collections.ConfigDict({
