@@ -17,17 +17,26 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
   and a crash mid-write leaves only a ``.<name>.*.tmp`` file behind.
   """
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  except OSError as error:
+    raise OSError(error.errno, f"cannot write {path} ({error.strerror or error}); "
+                  "pass a writable --workdir") from error
   try:
     with os.fdopen(handle, "wb") as f:
       f.write(data.encode() if isinstance(data, str) else data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as error:
     if os.path.exists(tmp):
       os.unlink(tmp)
+    if isinstance(error, OSError):
+      # A full disk or a vanished folder: say which file, keep the errno; the
+      # previous version of `path`, if any, is untouched.
+      raise OSError(error.errno, f"cannot write {path} ({error.strerror or error}); the "
+                    "previous file, if any, is unchanged") from error
     raise
 
 

@@ -1,0 +1,70 @@
+"""Bad input to experiments: full disks, unusable workdirs, misspelt names, unknown fields."""
+
+import errno
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs import kxm_sweep
+from jaxdef import _files
+from jaxdef import experiments
+from jaxdef.experiments import _records
+from jaxdef.experiments import _sources
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_full_disk_keeps_the_previous_file_and_names_the_path(tmp_path, monkeypatch):
+  record = tmp_path / "records" / "cell.json"
+  _files.write_json(record, {"successes": 3})
+  before = record.read_bytes()
+
+  def no_space(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(os, "fsync", no_space)
+  with pytest.raises(OSError, match=r"cannot write .*cell.json \(No space left on device\)") as e:
+    _files.write_json(record, {"successes": 4})
+  assert e.value.errno == errno.ENOSPC
+  assert record.read_bytes() == before
+  assert sorted(p.name for p in record.parent.iterdir()) == ["cell.json"]  # no temp file left
+
+
+def test_workdir_that_cannot_be_created_is_named(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a folder")
+  config = kxm_sweep.get_config("tiny")
+  with pytest.raises(OSError, match="cannot create the workdir .*a_file/run"):
+    _records.start_run(config, blocker / "run")
+  assert blocker.read_text() == "not a folder"
+
+
+def test_unwritable_workdir_is_refused(tmp_path, monkeypatch):
+  # Tests may run as root, for whom every folder is writable: simulate it.
+  monkeypatch.setattr(os, "access", lambda path, mode: False)
+  with pytest.raises(OSError, match="is not writable; pass another --workdir"):
+    _records.start_run(kxm_sweep.get_config("tiny"), tmp_path / "run")
+
+
+def test_misspelt_defense_name_is_named_with_the_choices():
+  config = kxm_sweep.get_config("tiny")
+  config.defenses.smoothing_025.name = "randomised_smoothing"
+  with pytest.raises(ValueError, match="randomised_smoothing") as e:
+    _sources.build_defenses(config.defenses)
+  assert "randomized_smoothing" in str(e.value)  # the allowed names are listed
+  with pytest.raises(ValueError, match="randomised_smoothing"):
+    experiments.dry_run(config)
+
+
+def test_override_of_an_unknown_field_is_refused_by_the_launcher(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  done = subprocess.run(
+      [sys.executable, "-m", "launch.run", "--config=configs/kxm_sweep.py:tiny",
+       "--config.attack.stepz=3", f"--workdir={tmp_path / 'run'}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode != 0
+  assert "stepz" in done.stderr
+  assert not (tmp_path / "run").exists()  # refused before anything was written
