@@ -68,3 +68,31 @@ def test_override_of_an_unknown_field_is_refused_by_the_launcher(tmp_path):
   assert done.returncode != 0
   assert "stepz" in done.stderr
   assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("name, variants", [
+    ("default", (None, "tiny")), ("kxm_sweep", (None, "fashion", "tiny")),
+    ("lack_of_randomness", (None, "fashion", "tiny")),
+    ("invariance_smoothing", (None, "fashion", "tiny")),
+    ("invariance_bart", (None, "fashion", "tiny")), ("finetune", (None, "tiny")),
+    ("theory", (None, "tiny")), ("perturbation_pictures", (None, "imagenet", "tiny"))])
+def test_every_shipped_config_passes_the_field_check(name, variants):
+  import importlib
+
+  from jaxdef.experiments import _schema
+
+  module = importlib.import_module(f"configs.{name}")
+  for variant in variants:
+    _schema.check_fields(module.get_config(variant))
+
+
+def test_a_field_no_experiment_reads_is_refused_before_anything_is_written(tmp_path):
+  config = kxm_sweep.get_config("tiny")
+  config.attack.stpes = (1, 2)  # a typo of steps, added in Python (or a config file)
+  config.extra_section = 3
+  with pytest.raises(ValueError, match=r"no field config\.extra_section .*config\.attack\.stpes "
+                                       r"\(known: .*steps"):
+    experiments.run(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+  with pytest.raises(ValueError, match="stpes"):
+    experiments.dry_run(config)

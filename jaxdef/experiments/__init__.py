@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from jaxdef.experiments import _records
+from jaxdef.experiments import _schema
 from jaxdef.experiments._default import run_default
 from jaxdef.experiments._dry_run import describe
 from jaxdef.experiments._finetune import run_finetune
@@ -32,6 +33,7 @@ def run(config, workdir: str | os.PathLike):
   if name not in _EXPERIMENTS:
     raise ValueError(f"config.experiment must be one of {', '.join(sorted(_EXPERIMENTS))}; "
                      f"got {name!r}")
+  _schema.check_fields(config)
   run_dir = _records.start_run(config, workdir)
   return _EXPERIMENTS[name](config, run_dir)
 
@@ -42,6 +44,7 @@ def dry_run(config) -> dict:
   if name not in _EXPERIMENTS:
     raise ValueError(f"config.experiment must be one of {', '.join(sorted(_EXPERIMENTS))}; "
                      f"got {name!r}")
+  _schema.check_fields(config)
   return describe(config)
 
 
