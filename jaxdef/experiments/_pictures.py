@@ -77,15 +77,6 @@ def perturbation_stats(delta: jax.Array, eps: float) -> dict[str, float]:
           "total_variation_over_eps": float(tv / eps)}
 
 
-def _show(axis, image: np.ndarray) -> None:
-  if image.shape[-1] == 1:
-    axis.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
-  else:
-    axis.imshow(np.clip(image, 0, 1))
-  axis.set_xticks([])
-  axis.set_yticks([])
-
-
 def picture_grid(clean: np.ndarray, adversarial: dict[str, np.ndarray], eps: float, path,
                  title: str) -> pathlib.Path:
   """One row per image: clean, then adversarial and normalised delta per setting.
@@ -103,10 +94,10 @@ def picture_grid(clean: np.ndarray, adversarial: dict[str, np.ndarray], eps: flo
   figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows + 0.4),
                               squeeze=False)
   for row in range(rows):
-    _show(axes[row, 0], clean[row])
+    figures.show_image(axes[row, 0], clean[row])
     for index, (label, images) in enumerate(adversarial.items()):
-      _show(axes[row, 1 + 2 * index], images[row])
-      _show(axes[row, 2 + 2 * index], normalised(images[row] - clean[row], eps))
+      figures.show_image(axes[row, 1 + 2 * index], images[row])
+      figures.show_image(axes[row, 2 + 2 * index], normalised(images[row] - clean[row], eps))
       if row == 0:
         axes[0, 1 + 2 * index].set_title(f"adversarial\n{label}", fontsize=7)
         axes[0, 2 + 2 * index].set_title(f"delta\n{label}", fontsize=7)

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _show(axis, image: np.ndarray) -> None:
+def show_image(axis, image: np.ndarray) -> None:
+  """Draws one HWC image in [0, 1] on `axis` (grayscale for C = 1), without ticks."""
   if image.shape[-1] == 1:
     axis.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
   else:
@@ -45,11 +46,11 @@ def defense_samples(pictures: dict[str, np.ndarray], clean: np.ndarray, path,
   columns = per_defense + 1
   figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows), squeeze=False)
   for row, (label, draws) in enumerate(pictures.items()):
-    _show(axes[row, 0], clean)
+    show_image(axes[row, 0], clean)
     axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     for column in range(1, columns):
       if column - 1 < len(draws):
-        _show(axes[row, column], draws[column - 1])
+        show_image(axes[row, column], draws[column - 1])
       else:
         axes[row, column].axis("off")
   axes[0, 0].set_title("clean", fontsize=8)
