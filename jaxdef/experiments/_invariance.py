@@ -22,7 +22,6 @@ strength.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
@@ -34,6 +33,7 @@ from jaxdef import attacks
 from jaxdef import models
 from jaxdef.experiments import _records
 from jaxdef.experiments import _sources
+from jaxdef.experiments import _sweep
 from jaxdef.reports import figures
 from jaxdef.reports import tables
 
@@ -73,13 +73,6 @@ def check_models(config) -> None:
 
 def _cell_path(workdir: pathlib.Path, defense_label: str, model: str) -> pathlib.Path:
   return workdir / "records" / f"{defense_label}__{model}.json"
-
-
-def _read_cell(path: pathlib.Path) -> dict | None:
-  try:
-    return json.loads(path.read_text())
-  except (OSError, ValueError):
-    return None  # missing, or cut off by a crash: recomputed
 
 
 def measure_cell(clf: StochasticClassifier, key: jax.Array, images: jax.Array,
@@ -211,7 +204,7 @@ def track_epochs(config, workdir: pathlib.Path, dataset, defenses: dict,
     epochs = range(1, int(config.models[model_label].get("finetune_epochs", 2)) + 1)
     paths = {e: workdir / "records" / f"{defense_label}__{model_label}__epoch{e:03d}.json"
              for e in epochs}
-    cells = {e: _read_cell(path) for e, path in paths.items()}
+    cells = {e: _sweep.read_cell(path) for e, path in paths.items()}
     if any(cell is None for cell in cells.values()):
       model, variables_by_epoch = _fashion_models.epoch_variables(
           model_label, config.models[model_label], config,
@@ -268,7 +261,7 @@ def run_invariance(config, workdir: pathlib.Path) -> dict:
     key = jax.random.fold_in(root, index)
     for role, model in zip(ROLES, (BASE, finetuned_label(defense_label))):
       path = _cell_path(workdir, defense_label, model)
-      record = _read_cell(path)
+      record = _sweep.read_cell(path)
       if record is None:
         if model not in loaded:
           loaded[model] = _sources.load_model(model, config.models[model], config, workdir)

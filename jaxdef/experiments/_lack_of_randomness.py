@@ -229,11 +229,6 @@ def _role_key(root, role: str):
   return jax.random.fold_in(root, zlib.crc32(role.encode()) & 0x7FFFFFFF)
 
 
-def _finished(workdir, unit, checkpoints) -> list[dict] | None:
-  records = [_sweep._read_cell(_sweep.cell_path(workdir, unit, k)) for k in checkpoints]
-  return records if all(r is not None for r in records) else None
-
-
 def run_rows(config, rows: list[Row], logits_fns, dataset, workdir: pathlib.Path, *,
              on_unit=None) -> list[dict]:
   """Runs (or resumes) every unit of every row; returns all cell records."""
@@ -243,7 +238,7 @@ def run_rows(config, rows: list[Row], logits_fns, dataset, workdir: pathlib.Path
   images, labels = dataset.images, np.asarray(dataset.labels)
   out = []
   plan = [(row, *unit) for row in rows for unit in units_of(config, row)]
-  done = {u.name: _finished(workdir, u, c) for _, _, u, c in plan}
+  done = {u.name: _sweep.unit_records(workdir, u, c) for _, _, u, c in plan}
   bar = tqdm(total=len(plan), initial=sum(r is not None for r in done.values()),
              desc="lack-of-randomness units", unit="run", disable=not config.progress)
   judges: dict[str, _Judge] = {}
@@ -284,7 +279,7 @@ def run_rows(config, rows: list[Row], logits_fns, dataset, workdir: pathlib.Path
             **rate.as_dict(),
         }
         _records.write_json(_sweep.cell_path(workdir, unit, k), record)
-      done[unit.name] = _finished(workdir, unit, checkpoints)
+      done[unit.name] = _sweep.unit_records(workdir, unit, checkpoints)
       bar.update(1)
       if on_unit is not None:
         on_unit(unit)

@@ -101,8 +101,12 @@ def cell_path(workdir: pathlib.Path, unit: Unit, k: int) -> pathlib.Path:
   return workdir / RECORDS_DIR / f"{unit.name}__k{k}.json"
 
 
-def _read_cell(path: pathlib.Path) -> dict | None:
-  """A finished cell's record, or None when missing; corrupt files are reported."""
+def read_cell(path: pathlib.Path) -> dict | None:
+  """A finished cell's record, or None when missing; corrupt files are reported.
+
+  Shared by every experiment that writes one JSON record per finished cell
+  (sweeps, lack of randomness, invariance): None means "compute it again".
+  """
   if not path.exists():
     return None
   try:
@@ -116,12 +120,18 @@ def _read_cell(path: pathlib.Path) -> dict | None:
     return None
 
 
+def unit_records(workdir: pathlib.Path, unit: Unit, checkpoints) -> list[dict] | None:
+  """The unit's cell records, one per k of `checkpoints`, or None unless all are on disk."""
+  records = [read_cell(cell_path(workdir, unit, k)) for k in checkpoints]
+  return records if all(r is not None for r in records) else None
+
+
 def finished_records(workdir: pathlib.Path, spec: SweepSpec) -> dict[str, list[dict]]:
   """Unit name -> its cell records, for units whose every cell is on disk."""
   done = {}
   for unit in spec.units():
-    records = [_read_cell(cell_path(workdir, unit, k)) for k in spec.checkpoints]
-    if all(r is not None for r in records):
+    records = unit_records(workdir, unit, spec.checkpoints)
+    if records is not None:
       done[unit.name] = records
   return done
 
@@ -185,7 +195,7 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
           **rate.as_dict(),
       }
       _records.write_json(cell_path(workdir, unit, k), record)
-    done[unit.name] = [_read_cell(cell_path(workdir, unit, k)) for k in spec.checkpoints]
+    done[unit.name] = [read_cell(cell_path(workdir, unit, k)) for k in spec.checkpoints]
     bar.update(1)
     if on_unit is not None:
       on_unit(unit)
