@@ -62,7 +62,9 @@ def base_name(entry) -> str:
 def trained(label: str, entry, config, *, progress: bool = True):
   """Trains (or loads) the entry's model; returns (model, variables, info).
 
-  `info` holds the training history's last entry and the checkpoint folder.
+  `info` holds the training history and the checkpoint folder ("history",
+  "dir"); for a fine-tuned entry also the base model's variables
+  ("base_variables"), the starting point of the fine-tuning.
   """
   from jaxdef.experiments import _sources
 
@@ -95,7 +97,7 @@ def trained(label: str, entry, config, *, progress: bool = True):
                          epochs=epochs, learning_rate=rate, seed=int(config.seed),
                          workdir=tuned_dir, progress=progress)  # every epoch kept: tracked
   return (model.clone(**evaluated), tuned.variables,
-          {"dir": str(tuned_dir), "history": tuned.history})
+          {"dir": str(tuned_dir), "history": tuned.history, "base_variables": base.variables})
 
 
 def epoch_variables(label: str, entry, config, *, progress: bool = True
@@ -114,7 +116,6 @@ def epoch_variables(label: str, entry, config, *, progress: bool = True
     raise ValueError(f"config.models.{label} is not fine-tuned (finetune_defense is empty): "
                      "there are no fine-tuning epochs to track")
   model, _, info = trained(label, entry, config, progress=progress)
-  _, base, _ = trained(label, dict(entry, finetune_defense=""), config, progress=progress)
   found = dict(train.list_checkpoints(info["dir"]))
   wanted = range(1, int(entry.get("finetune_epochs", 2)) + 1)
   missing = [epoch for epoch in wanted if epoch not in found]
@@ -122,6 +123,7 @@ def epoch_variables(label: str, entry, config, *, progress: bool = True
     raise ValueError(f"{info['dir']} lacks the checkpoints of fine-tuning epochs "
                      f"{', '.join(map(str, missing))} (kept only the last): delete the folder to "
                      "fine-tune again with every epoch kept")
+  base = info["base_variables"]
   tracked = [(0, base)]
   tracked += [(epoch, train.load_checkpoint(found[epoch], variables_like=base).variables)
               for epoch in wanted]
