@@ -1,0 +1,125 @@
+"""Sequential majority voting: stop drawing once an image's vote is decided.
+
+The full vote (`StochasticClassifier.predict`) spends n draws on every
+image, although most images are classified the same way by nearly every
+draw. Here draws come in chunks of `chunk`; after each chunk (a *look*) an
+image whose leading class is separated from the runner-up by exact
+Clopper-Pearson bounds stops counting, and the loop ends when every image
+has stopped or n draws are spent.
+
+The rule. Let t be the draws an image has seen at a look, a the leader's
+count and b the runner-up's. The image is decided when
+
+    lower(a, t) > upper(b, t),
+
+with lower / upper the one-sided Clopper-Pearson bounds (beta quantiles)
+at level ``error / ((looks - 1) * num_classes)`` (the last look, after draw
+n, stops every image anyway and returns the full vote). Why this is valid: the draws of
+one image are i.i.d. with class probabilities p. Say the rule stops with a
+leader l although p_l < p_c for some class c. Then lower(a_l) > upper(a_c)
+implies p_l < lower(a_l) or p_c > upper(a_c): a one-sided bound of a fixed
+class missed at some early look. Each miss has probability at most the
+level, and there are at most (looks - 1) x num_classes of them that matter (the lower
+bounds of the classes other than a most probable class c*, the upper bound
+of c*), so the union bound gives the guarantee stated in
+`StochasticClassifier.predict_sequential`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+
+def looks_of(num_votes: int, chunk: int) -> int:
+  """Number of looks: one after every chunk, the last one after draw n."""
+  return -(-num_votes // chunk)
+
+
+def per_bound_level(error: float, num_votes: int, chunk: int, num_classes: int) -> float:
+  """One-sided level of each Clopper-Pearson bound: error / (early looks x classes).
+
+  Early looks are those before the n-th draw (at least one counted, so the
+  level stays defined when chunk >= n and no early stop can happen).
+  """
+  return error / (max(looks_of(num_votes, chunk) - 1, 1) * num_classes)
+
+
+@functools.lru_cache(maxsize=32)
+def decision_table(num_votes: int, chunk: int, error: float, num_classes: int) -> np.ndarray:
+  """Smallest deciding leader count, per look and runner-up count.
+
+  Args:
+    num_votes: n, the most draws an image gets.
+    chunk: draws between looks.
+    error: the error level of the whole procedure, in (0, 1).
+    num_classes: K, the number of labels.
+
+  Returns:
+    int32 (looks, n + 1): entry [j, b] is the smallest leader count a with
+    lower(a, t_j) > upper(b, t_j), t_j = min((j + 1) * chunk, n) draws; n + 1
+    where no count decides (including b > t_j, which cannot occur).
+  """
+  level = per_bound_level(error, num_votes, chunk, num_classes)
+  looks = looks_of(num_votes, chunk)
+  table = np.full((looks, num_votes + 1), num_votes + 1, np.int32)
+  for look in range(looks):
+    seen = min((look + 1) * chunk, num_votes)
+    counts = np.arange(seen + 1)
+    # Exact one-sided bounds; count 0 has lower bound 0 and count t upper bound 1.
+    with np.errstate(invalid="ignore", divide="ignore"):
+      lower = np.where(counts == 0, 0.0, stats.beta.ppf(level, counts, seen - counts + 1))
+      upper = np.where(counts == seen, 1.0,
+                       stats.beta.ppf(1 - level, counts + 1, seen - counts))
+    # lower() increases with the count, so the first count beyond upper(b) decides.
+    need = np.searchsorted(lower, upper, side="right")
+    table[look, :seen + 1] = np.where(need <= seen, need, num_votes + 1)
+  return table
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def sequential_vote(clf, key: jax.Array, images: jax.Array, table: jax.Array, num_votes: int,
+                    chunk: int) -> tuple[jax.Array, jax.Array]:
+  """The compiled loop behind `StochasticClassifier.predict_sequential`.
+
+  Draw i uses ``jax.random.split(key, num_votes)[i]`` on the whole batch,
+  exactly as `predict` does, so an image that never stops gets the full
+  vote's counts. The last chunk is padded with repeated keys whose votes
+  are masked out.
+
+  Returns:
+    (labels int32 (B,), draws int32 (B,)): the majority label when the
+    image stopped, and how many draws it had counted by then.
+  """
+  looks = table.shape[0]
+  keys = jax.random.split(key, num_votes)
+  padding = looks * chunk - num_votes  # < chunk <= num_votes
+  if padding:
+    keys = jnp.concatenate([keys, keys[:padding]])
+  keys = keys.reshape((looks, chunk) + keys.shape[1:])
+  batch = images.shape[0]
+  num_classes = jax.eval_shape(clf.logits, keys[0, 0], images).shape[-1]
+
+  def body(state):
+    look, counts, draws, decided = state
+    logits = jax.vmap(lambda draw_key: clf.logits(draw_key, images))(keys[look])
+    valid = look * chunk + jnp.arange(chunk) < num_votes
+    votes = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes, dtype=jnp.int32)
+    votes = (votes * valid[:, None, None].astype(jnp.int32)).sum(0)
+    counts = jnp.where(decided[:, None], counts, counts + votes)
+    draws = jnp.where(decided, draws, jnp.minimum((look + 1) * chunk, num_votes))
+    # A zero column gives a runner-up count of 0 when there is one class.
+    top_two = jax.lax.top_k(jnp.pad(counts, ((0, 0), (0, 1))), 2)[0]
+    decided = decided | (top_two[:, 0] >= table[look, top_two[:, 1]])
+    return look + 1, counts, draws, decided
+
+  state = (jnp.int32(0), jnp.zeros((batch, num_classes), jnp.int32),
+           jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool))
+  _, counts, draws, _ = jax.lax.while_loop(
+      lambda s: (s[0] < looks) & ~jnp.all(s[3]), body, state)
+  # First maximum: ties (possible only after all n draws) go to the lowest label, as in `predict`.
+  return jnp.argmax(counts, -1).astype(jnp.int32), draws
