@@ -48,6 +48,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.votes = 50
   config.attack.vote_chunk_size = 50
   config.attack.eot_chunk_size = 0
+  # Both alphas of a (model, target mode, m) in one compiled call: the same
+  # iterates as one run per alpha (bit for bit on CPU), twice one run's memory.
+  config.attack.batch_alphas = True
+  config.attack.sequential_votes = False
+  config.attack.vote_error = 1e-3
 
   config.theory = theory_config.theory_section()
 

@@ -30,6 +30,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.votes = 500
   config.attack.vote_chunk_size = 100
   config.attack.eot_chunk_size = 0  # 0: all m draws at once
+  # All alphas of a (model, defense, target mode, m) in one vmapped call: the
+  # same iterates as one run per alpha, len(alphas) times one run's memory.
+  # Off for ImageNet (4 x a ResNet-50 EOT-20 run of 1,000 images), on below.
+  config.attack.batch_alphas = False
+  # The study's full votes; True stops each image's vote once its label is
+  # decided at vote_error (StochasticClassifier.predict_sequential).
+  config.attack.sequential_votes = False
+  config.attack.vote_error = 1e-3
 
   if variant == "imagenet":
     # --config.data.dir: the validation folder (class-per-folder) or the tfds
@@ -57,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.attack.eots = (1, 5, 10)
     config.attack.alphas_255 = (1.0, 4.0)
     config.attack.votes = 100
+    config.attack.batch_alphas = True
     if variant == "tiny":
       config.data.num_images = 8
       config.models = ml_collections.ConfigDict({

@@ -4,8 +4,9 @@ The full vote (`StochasticClassifier.predict`) spends n draws on every
 image, although most images are classified the same way by nearly every
 draw. Here draws come in chunks of `chunk`; after each chunk (a *look*) an
 image whose leading class is separated from the runner-up by exact
-Clopper-Pearson bounds stops counting, and the loop ends when every image
-has stopped or n draws are spent.
+Clopper-Pearson bounds stops counting, the next looks run the model only on
+the images still undecided, and the loop ends when every image has stopped
+or n draws are spent.
 
 The rule. Let t be the draws an image has seen at a look, a the leader's
 count and b the runner-up's. The image is decided when
@@ -28,6 +29,7 @@ of c*), so the union bound gives the guarantee stated in
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,19 +83,37 @@ def decision_table(num_votes: int, chunk: int, error: float, num_classes: int) -
   return table
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+class SequentialVote(NamedTuple):
+  """What `StochasticClassifier.predict_sequential` returns.
+
+  Attributes:
+    labels: int32 (B,), the majority label of each image.
+    draws: int32 (B,), draws each image counted before it stopped (a
+      multiple of the chunk, or n).
+    forward_passes: int32 scalar, model evaluations actually computed for
+      the batch (undecided rows in whole passes, padding rows included).
+  """
+  labels: jax.Array
+  draws: jax.Array
+  forward_passes: jax.Array
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
 def sequential_vote(clf, key: jax.Array, images: jax.Array, table: jax.Array, num_votes: int,
-                    chunk: int) -> tuple[jax.Array, jax.Array]:
+                    chunk: int, rows: int) -> SequentialVote:
   """The compiled loop behind `StochasticClassifier.predict_sequential`.
 
   Draw i uses ``jax.random.split(key, num_votes)[i]`` on the whole batch,
   exactly as `predict` does, so an image that never stops gets the full
   vote's counts. The last chunk is padded with repeated keys whose votes
-  are masked out.
+  are masked out. With rows < B, each look applies the defense to the whole
+  batch (draw i must see the batch `predict` sees) and runs the model only
+  on the undecided images, `rows` at a time: the model must treat rows
+  independently (any eval-mode network does; a stochastic model does not,
+  and gets rows = B).
 
   Returns:
-    (labels int32 (B,), draws int32 (B,)): the majority label when the
-    image stopped, and how many draws it had counted by then.
+    A `SequentialVote`.
   """
   looks = table.shape[0]
   keys = jax.random.split(key, num_votes)
@@ -102,24 +122,54 @@ def sequential_vote(clf, key: jax.Array, images: jax.Array, table: jax.Array, nu
     keys = jnp.concatenate([keys, keys[:padding]])
   keys = keys.reshape((looks, chunk) + keys.shape[1:])
   batch = images.shape[0]
+  rows = min(rows, batch)
   num_classes = jax.eval_shape(clf.logits, keys[0, 0], images).shape[-1]
 
-  def body(state):
-    look, counts, draws, decided = state
-    logits = jax.vmap(lambda draw_key: clf.logits(draw_key, images))(keys[look])
-    valid = look * chunk + jnp.arange(chunk) < num_votes
+  def chunk_votes(look, logits):
+    """(chunk, R, K) logits -> (R, K) vote counts of the chunk's real draws."""
+    valid = (look * chunk + jnp.arange(chunk) < num_votes).astype(jnp.int32)
     votes = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes, dtype=jnp.int32)
-    votes = (votes * valid[:, None, None].astype(jnp.int32)).sum(0)
-    counts = jnp.where(decided[:, None], counts, counts + votes)
+    return (votes * valid[:, None, None]).sum(0)
+
+  def whole_batch(look, counts, decided):
+    logits = jax.vmap(lambda draw_key: clf.logits(draw_key, images))(keys[look])
+    counts = jnp.where(decided[:, None], counts, counts + chunk_votes(look, logits))
+    return counts, jnp.int32(chunk * batch)
+
+  def undecided_only(look, counts, decided):
+    defended = jax.vmap(lambda draw_key: clf.defense.fn(draw_key, images))(keys[look])
+    passes_needed = -(-batch // rows)
+    # Undecided images first; the tail of the last pass is masked out.
+    order = jnp.argsort(decided.astype(jnp.int8), stable=True)
+    order = jnp.pad(order, (0, passes_needed * rows - batch))
+    active = batch - decided.sum()
+    passes = (active + rows - 1) // rows
+
+    def one_pass(index, counts):
+      picked = jax.lax.dynamic_slice(order, (index * rows,), (rows,))
+      inputs = defended[:, picked]
+      logits = clf.logits_fn(inputs.reshape((chunk * rows,) + inputs.shape[2:]))
+      votes = chunk_votes(look, logits.reshape(chunk, rows, num_classes))
+      real = index * rows + jnp.arange(rows) < active
+      return counts.at[picked].add(votes * real[:, None].astype(jnp.int32))
+
+    counts = jax.lax.fori_loop(0, passes, one_pass, counts)
+    return counts, (passes * chunk * rows).astype(jnp.int32)
+
+  evaluate = whole_batch if rows >= batch or clf.stochastic_model else undecided_only
+
+  def body(state):
+    look, counts, draws, decided, spent = state
+    counts, cost = evaluate(look, counts, decided)
     draws = jnp.where(decided, draws, jnp.minimum((look + 1) * chunk, num_votes))
     # A zero column gives a runner-up count of 0 when there is one class.
     top_two = jax.lax.top_k(jnp.pad(counts, ((0, 0), (0, 1))), 2)[0]
     decided = decided | (top_two[:, 0] >= table[look, top_two[:, 1]])
-    return look + 1, counts, draws, decided
+    return look + 1, counts, draws, decided, spent + cost
 
   state = (jnp.int32(0), jnp.zeros((batch, num_classes), jnp.int32),
-           jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool))
-  _, counts, draws, _ = jax.lax.while_loop(
+           jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool), jnp.int32(0))
+  _, counts, draws, _, spent = jax.lax.while_loop(
       lambda s: (s[0] < looks) & ~jnp.all(s[3]), body, state)
   # First maximum: ties (possible only after all n draws) go to the lowest label, as in `predict`.
-  return jnp.argmax(counts, -1).astype(jnp.int32), draws
+  return SequentialVote(jnp.argmax(counts, -1).astype(jnp.int32), draws, spent)

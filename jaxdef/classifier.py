@@ -105,8 +105,8 @@ class StochasticClassifier:
     return aggregate(self.draw_logits(key, images, n), mode)
 
   def predict_sequential(self, key: jax.Array, images: jax.Array, n: int = 500, *,
-                         chunk: int | None = None, error: float = 1e-3
-                         ) -> tuple[jax.Array, jax.Array]:
+                         chunk: int | None = None, error: float = 1e-3, sub_batches: int = 8
+                         ) -> _sequential.SequentialVote:
     """Majority vote that stops drawing for an image once its label is decided.
 
     Draws come `chunk` at a time (draw i is draw i of ``predict(key, images,
@@ -114,28 +114,35 @@ class StochasticClassifier:
     one-sided Clopper-Pearson lower bound of its leading class exceeds the
     upper bound of the runner-up, each bound at level error / ((looks - 1)
     x num_classes), looks = ceil(n / chunk). One compiled `lax.while_loop`,
-    which ends when every image has stopped or n draws are spent.
+    which ends when every image has stopped or n draws are spent; within a
+    look the model runs only on the undecided images, in passes of
+    ceil(B / sub_batches) rows (the defense still transforms the whole
+    batch, so that draw i is predict's draw i).
 
     Guarantee: for each image, whatever its draws' class probabilities p,
     the probability of stopping before n draws with a label l whose p_l is
     below max(p) is at most `error` (union bound over looks and classes).
-    An image that never stops returns exactly the full n-draw vote of
-    `predict` (ties to the lowest label). Agreement with the n-draw vote is
-    not guaranteed: the full vote itself can differ from argmax p when the
-    top classes are close.
+    An image that never stops returns the full n-draw vote of `predict`
+    (ties to the lowest label; bit for bit when the model's rows do not
+    depend on the batch they are evaluated in, as on CPU). Agreement with
+    the n-draw vote is not guaranteed: the full vote itself can differ from
+    argmax p when the top classes are close.
 
     Args:
       key: PRNG key (split into n draw keys, as in `predict`).
       images: float (B, H, W, C) in [0, 1].
       n: most draws per image, >= 1.
       chunk: draws between looks, in [1, n]; None: min(10, vote_chunk_size,
-        n). Memory: chunk x B forward passes at a time.
+        n). Memory: chunk x B defended images at a time.
       error: in (0, 1), see the guarantee.
+      sub_batches: >= 1; the model evaluates ceil(B / sub_batches) undecided
+        images per pass. 1 evaluates the whole batch at every look (as does a
+        stochastic model, whose draws depend on the batch it sees).
 
     Returns:
-      (labels, draws): int32 (B,) majority labels and int32 (B,) draws each
-      image counted (a multiple of chunk, or n). The batch computes
-      ceil(max(draws) / chunk) x chunk forward passes per image.
+      A `SequentialVote` (labels, draws, forward_passes): int32 (B,) majority
+      labels, int32 (B,) draws each image counted (a multiple of chunk, or
+      n), and the model evaluations the batch actually cost.
     """
     images = self._checked(key, images)
     _validate.check_number(n, "n", low=1, integer=True)
@@ -144,10 +151,13 @@ class StochasticClassifier:
     _validate.check_number(chunk, "chunk", low=1, high=int(n), integer=True)
     _validate.check_number(error, "error", low=0, high=1, low_inclusive=False,
                            high_inclusive=False)
+    _validate.check_number(sub_batches, "sub_batches", low=1, integer=True)
     table = _sequential.decision_table(int(n), int(chunk), float(error),
                                        self.num_classes(images))
-    return _sequential.sequential_vote(self, key, images, jnp.asarray(table), int(n),
-                                       int(chunk))
+    rows = -(-images.shape[0] // int(sub_batches))
+    labels, draws, forward_passes = _sequential.sequential_vote(
+        self, key, images, jnp.asarray(table), int(n), int(chunk), rows)
+    return _sequential.SequentialVote(labels, draws, forward_passes)
 
   def vote_counts(self, key: jax.Array, images: jax.Array, n: int = 500) -> jax.Array:
     """Per-class vote counts over n draws, int32 (B, num_classes)."""

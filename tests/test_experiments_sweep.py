@@ -1,21 +1,32 @@
-"""The resumable k x m sweep: records, resume after interruption, best alpha, configs."""
+"""The resumable k x m sweep: records, resume after interruption, batched alphas, sequential
+votes, compile counts, best alpha, configs."""
 
+import collections
+import dataclasses
+import functools
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxdef as jd
+from configs import default as default_config
 from configs import kxm_sweep
+from jaxdef import _sequential
+from jaxdef import classifier
 from jaxdef import experiments
+from jaxdef.attacks import _pgd
+from jaxdef.experiments import _kxm
 from jaxdef.experiments import _sweep
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -26,7 +37,9 @@ def linear_logits(images):
   return images.reshape(images.shape[0], -1) @ WEIGHTS
 
 
+@functools.cache
 def _problem():
+  """One shared problem: the same classifier object, so tests share compiled code."""
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.uniform(0.2, 0.8, (6, 4, 4, 1)).astype(np.float32))
   y = jnp.argmax(linear_logits(x), -1).astype(jnp.int32)  # all initially correct
@@ -42,39 +55,72 @@ class Interrupt(Exception):
   pass
 
 
-def test_records_resume_and_equal_an_uninterrupted_sweep(tmp_path):
-  spec, clfs, x, y, targets = _problem()
-  key = jax.random.key(0)
-  whole = _sweep.run_sweep(spec, clfs, x, y, targets, key, tmp_path / "whole", progress=False)
-  assert len(whole) == len(spec.units()) * len(spec.checkpoints) == 16
-  for record in whole:
-    assert record["gradient_computations"] == record["k"] * record["m"]
-    assert record["denominator"] == 6 and record["num_votes"] == 5
-    assert record["ci_low"] <= record["rate"] <= record["ci_high"]
+def _strip(records):
+  """Records without timings and batch sizes: what must not depend on how the work was split."""
+  return [{k: v for k, v in r.items() if "seconds" not in k and k != "alphas_in_call"}
+          for r in records]
 
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+  """The uninterrupted one-unit-at-a-time sweep with full votes: (workdir, records)."""
+  spec, clfs, x, y, targets = _problem()
+  workdir = tmp_path_factory.mktemp("whole")
+  records = _sweep.run_sweep(spec, clfs, x, y, targets, jax.random.key(0), workdir,
+                             progress=False)
+  return workdir, records
+
+
+def _interrupted_then_resumed(spec, workdir, stop_after):
+  """Runs until `stop_after` units are done, raises, reruns; returns (records, first, rest)."""
+  _, clfs, x, y, targets = _problem()
+  key = jax.random.key(0)
   finished = []
 
-  def stop_after_three(unit):
+  def stop(unit):
     finished.append(unit.name)
-    if len(finished) == 3:
+    if len(finished) == stop_after:
       raise Interrupt
 
   with pytest.raises(Interrupt):
-    _sweep.run_sweep(spec, clfs, x, y, targets, key, tmp_path / "cut", progress=False,
-                     on_unit=stop_after_three)
-  assert len(list((tmp_path / "cut" / "records").glob("*.json"))) == 3 * 2
+    _sweep.run_sweep(spec, clfs, x, y, targets, key, workdir, progress=False, on_unit=stop)
+  assert len(list((workdir / "records").glob("*.json"))) == stop_after * len(spec.checkpoints)
   resumed_units = []
-  resumed = _sweep.run_sweep(spec, clfs, x, y, targets, key, tmp_path / "cut", progress=False,
+  resumed = _sweep.run_sweep(spec, clfs, x, y, targets, key, workdir, progress=False,
                              on_unit=lambda u: resumed_units.append(u.name))
+  return resumed, finished, resumed_units
+
+
+def test_records_resume_and_equal_an_uninterrupted_sweep(whole, tmp_path):
+  spec = _problem()[0]
+  _, records = whole
+  assert len(records) == len(spec.units()) * len(spec.checkpoints) == 16
+  for record in records:
+    assert record["gradient_computations"] == record["k"] * record["m"]
+    assert record["denominator"] == 6 and record["num_votes"] == 5
+    assert record["ci_low"] <= record["rate"] <= record["ci_high"]
+    assert record["vote_rule"] == "full" and record["vote_forward_passes"] == 5 * 6
+    assert record["alphas_in_call"] == 1
+  resumed, finished, resumed_units = _interrupted_then_resumed(spec, tmp_path / "cut", 3)
   assert len(resumed_units) == len(spec.units()) - 3 and not set(resumed_units) & set(finished)
-  strip = lambda rs: [{k: v for k, v in r.items() if "seconds" not in k} for r in rs]
-  assert strip(resumed) == strip(whole)
+  assert _strip(resumed) == _strip(records)
 
 
-def test_corrupt_record_is_reported_and_recomputed(tmp_path):
+def test_batched_alphas_give_the_same_records_and_resume_mid_group(whole, tmp_path):
+  spec = dataclasses.replace(_problem()[0], batch_alphas=True)
+  assert [len(units) for _, units in spec.groups()] == [2, 2, 2, 2]
+  # Three units: the second group is cut after its first alpha and finished alone.
+  resumed, finished, resumed_units = _interrupted_then_resumed(spec, tmp_path / "cut", 3)
+  assert len(resumed_units) == len(spec.units()) - 3 and not set(resumed_units) & set(finished)
+  assert _strip(resumed) == _strip(whole[1])
+  assert sorted({r["alphas_in_call"] for r in resumed}) == [1, 2]
+
+
+def test_corrupt_record_is_reported_and_recomputed(whole, tmp_path):
   spec, clfs, x, y, targets = _problem()
   key = jax.random.key(0)
-  first = _sweep.run_sweep(spec, clfs, x, y, targets, key, tmp_path, progress=False)
+  shutil.copytree(whole[0], tmp_path, dirs_exist_ok=True)
+  first = whole[1]
   victim = _sweep.cell_path(tmp_path, spec.units()[1], 3)
   victim.write_text(victim.read_text()[:20])  # truncated mid-write by a crash
   redone = []
@@ -83,6 +129,67 @@ def test_corrupt_record_is_reported_and_recomputed(tmp_path):
                               on_unit=lambda u: redone.append(u.name))
   assert redone == [spec.units()[1].name]
   assert [r["successes"] for r in second] == [r["successes"] for r in first]
+
+
+PGD_STATIC = ("clf", "checkpoints", "eot", "norm", "targeted", "use_random_start", "loss",
+              "eot_chunk_size")
+
+
+def _counted(jitted, traces, name, max_traces, **static):
+  """A fresh jit of `jitted`'s function counting its traces; chex fails past `max_traces`."""
+  function = jitted.__wrapped__
+
+  def counting(*args, **kwargs):
+    traces[name] += 1
+    return function(*args, **kwargs)
+
+  functools.update_wrapper(counting, function)
+  return jax.jit(chex.assert_max_traces(counting, max_traces), **static)
+
+
+def test_one_compilation_per_target_mode_and_m_whatever_k_and_alpha(tmp_path, monkeypatch):
+  spec = dataclasses.replace(_problem()[0], batch_alphas=True, sequential_votes=True,
+                             votes=40, checkpoints=(1, 2, 3), alphas=(0.01, 0.02, 0.04))
+  _, clfs, x, y, targets = _problem()
+  clf = clfs[("linear", "rs")]
+  modes = len(spec.eots) * len(spec.targeted)
+  traces = collections.Counter()
+  monkeypatch.setattr(_pgd, "_pgd_run",
+                      _counted(_pgd._pgd_run, traces, "run", modes, static_argnames=PGD_STATIC))
+  monkeypatch.setattr(_pgd, "_pgd_run_batch", _counted(_pgd._pgd_run_batch, traces, "batch",
+                                                       modes, static_argnames=PGD_STATIC))
+  monkeypatch.setattr(_sequential, "sequential_vote", _counted(
+      _sequential.sequential_vote, traces, "vote", 1, static_argnums=(0, 4, 5, 6)))
+  monkeypatch.setattr(classifier, "_draw_logits", _counted(
+      classifier._draw_logits, traces, "full vote", 0, static_argnums=(0, 3)))
+  key = jax.random.key(0)
+  records = _sweep.run_sweep(spec, clfs, x, y, targets, key, tmp_path, progress=False)
+  # 36 cells (3 k x 2 m x 3 alpha x 2 modes), 4 + 4 traces of the attack, one of the vote.
+  assert len(records) == 36
+  assert traces == {"run": modes, "batch": modes, "vote": 1}
+
+  # A cell's record is what the public functions give with the unit's keys.
+  unit = spec.units()[4]
+  record = next(r for r in records if r["unit"] == unit.name and r["k"] == 2)
+  attack_key, vote_key = jax.random.split(unit.key(key))
+  goal = targets if unit.targeted else y
+  iterate = jd.attacks.pgd_trajectory(attack_key, clf, x, goal, eps=spec.eps, alpha=unit.alpha,
+                                      eot=unit.eot, targeted=unit.targeted,
+                                      checkpoints=spec.checkpoints)[2]
+  labels, draws, spent = clf.predict_sequential(jax.random.fold_in(vote_key, 2), iterate, 40,
+                                                chunk=10)
+  clean_key = jax.random.fold_in(key, _sweep.zlib.crc32(b"clean/('linear', 'rs')") & 0x7FFFFFFF)
+  clean = clf.predict_sequential(clean_key, x, 40, chunk=10).labels
+  rate = jd.attacks.success_rate(clean, labels, y, targets if unit.targeted else None,
+                                 num_votes=40)
+  assert (record["successes"], record["denominator"]) == (rate.successes, rate.denominator)
+  assert record["vote_forward_passes"] == int(spent) >= int(np.sum(draws))
+  assert record["vote_draws_mean"] == pytest.approx(float(np.mean(draws)), abs=1e-3)
+  assert record["vote_rule"] == "sequential" and record["vote_error"] == 1e-3
+  assert record["alphas_in_call"] == 3
+  spent = sum(r["vote_forward_passes"] for r in records)
+  assert spent <= 40 * 6 * len(records)
+  print(f"sequential votes: {spent} of {40 * 6 * len(records)} forward passes")
 
 
 def test_best_alpha_keeps_the_highest_rate_and_the_smaller_alpha_on_ties():
@@ -171,8 +278,6 @@ def test_full_size_configs_dry_run(variant, capsys):
 
 
 def _sweep_units(config):
-  from jaxdef.experiments import _kxm
-
   return _kxm.sweep_spec(config, config.models, config.defenses).units()
 
 
@@ -187,3 +292,21 @@ def test_bad_config_entries_are_named(tmp_path):
     experiments.dry_run(config)
   with pytest.raises(ValueError, match="unknown variant 'huge'"):
     kxm_sweep.get_config("huge")
+
+
+def test_configs_choose_batched_alphas_and_the_vote():
+  spec = lambda config: _kxm.sweep_spec(config, config.models, config.defenses)
+  assert spec(kxm_sweep.get_config("tiny")).batch_alphas
+  assert spec(kxm_sweep.get_config("fashion")).batch_alphas
+  assert not spec(kxm_sweep.get_config("imagenet")).batch_alphas  # memory
+  default = default_config.get_config()
+  assert spec(default).batch_alphas
+  assert spec(default).sequential_votes == default.attack.sequential_votes
+  default.attack.sequential_votes = True
+  default.attack.vote_error = 1e-2
+  assert spec(default).sequential_votes and spec(default).vote_error == 1e-2
+  default.attack.vote_error = 1.5
+  with pytest.raises(ValueError, match="vote_error must be a number in \\(0, 1\\), got 1.5"):
+    spec(default)
+  with pytest.raises(TypeError, match="batch_alphas must be True or False"):
+    dataclasses.replace(spec(kxm_sweep.get_config("tiny")), batch_alphas="yes")

@@ -46,7 +46,7 @@ def test_agrees_with_the_full_vote_and_saves_draws(num_votes, most_draws):
   fixed = [[1, 0, 0, 0], [0.9, 0.05, 0.05, 0], [0.5, 0.5, 0, 0], [0.45, 0.4, 0.15, 0]]
   probs = np.concatenate([fixed, rng.dirichlet(np.full(4, 0.3), size=60)])
   clf, images = _classifier(probs)
-  labels, draws = clf.predict_sequential(KEY, images, num_votes, chunk=10)
+  labels, draws, spent = clf.predict_sequential(KEY, images, num_votes, chunk=10)
   labels, draws = np.asarray(labels), np.asarray(draws)
   full = np.asarray(clf.predict(KEY, images, n=num_votes))
   counts = np.asarray(clf.vote_counts(KEY, images, n=num_votes))
@@ -61,16 +61,29 @@ def test_agrees_with_the_full_vote_and_saves_draws(num_votes, most_draws):
   clear = np.sort(counts, -1)[:, -1] - np.sort(counts, -1)[:, -2] > 0.2 * num_votes
   np.testing.assert_array_equal(labels[clear], full[clear])
   assert (draws % 10 == 0).all() and draws.min() >= 10
-  print(f"n={num_votes}: mean draws {draws.mean():.1f}")
+  print(f"n={num_votes}: mean draws {draws.mean():.1f}, forward passes {int(spent)}")
   assert draws.mean() < most_draws * num_votes
+  # 8 sub-batches of 8 rows: a look costs 10 draws x 8 rows per started sub-batch.
+  assert draws.sum() <= spent < draws.sum() + 10 * 8 * -(-num_votes // 10)
+  assert spent < num_votes * 64
+  # Whole-batch looks give the same votes; they stop only when the last image does.
+  whole = clf.predict_sequential(KEY, images, num_votes, chunk=10, sub_batches=1)
+  np.testing.assert_array_equal(whole.labels, labels)
+  np.testing.assert_array_equal(whole.draws, draws)
+  assert int(whole.forward_passes) == draws.max() * 64
 
 
 def test_runs_to_n_with_a_partial_last_chunk_equals_predict():
   clf, images = _classifier([[0.5, 0.5, 0], [0.34, 0.33, 0.33], [0.4, 0.3, 0.3]])
-  for key in (jax.random.key(1), jax.random.PRNGKey(1)):  # typed and raw keys
-    labels, draws = clf.predict_sequential(key, images, 45, chunk=10)
+  # Typed and raw keys; whole-batch looks and one image per pass.
+  for key, sub_batches in ((jax.random.key(1), 1), (jax.random.key(1), 3),
+                           (jax.random.PRNGKey(1), 3)):
+    labels, draws, spent = clf.predict_sequential(key, images, 45, chunk=10,
+                                                  sub_batches=sub_batches)
     np.testing.assert_array_equal(draws, 45)
     np.testing.assert_array_equal(labels, clf.predict(key, images, n=45))
+    rows = -(-3 // sub_batches)
+    assert int(spent) == 5 * 10 * rows * -(-3 // rows)  # 5 looks, the last one padded
 
 
 def test_decision_table_is_the_clopper_pearson_rule():
@@ -121,7 +134,7 @@ def test_stopping_matches_the_exact_binomial_calculation():
   # A loose level makes wrong stops frequent enough to count: 3000 images, one batch.
   prob_wrong, num_votes, chunk, error = 0.47, 200, 10, 0.9
   clf, images = _classifier(np.tile([[1 - prob_wrong, prob_wrong]], (3000, 1)), chunk=chunk)
-  labels, draws = clf.predict_sequential(KEY, images, num_votes, chunk=chunk, error=error)
+  labels, draws, _ = clf.predict_sequential(KEY, images, num_votes, chunk=chunk, error=error)
   labels, draws = np.asarray(labels), np.asarray(draws)
   wrong_stop, expected_draws = _exact_two_class(prob_wrong, num_votes, chunk, error)
   observed = np.mean((labels == 1) & (draws < num_votes))
@@ -142,5 +155,22 @@ def test_bad_input_is_named():
     clf.predict_sequential(KEY, images, 20, error=1.0)
   with pytest.raises(TypeError, match="error must be a number"):
     clf.predict_sequential(KEY, images, 20, error="low")
+  with pytest.raises(ValueError, match="sub_batches must be in"):
+    clf.predict_sequential(KEY, images, 20, sub_batches=0)
   with pytest.raises(ValueError, match="images must have rank 4"):
     clf.predict_sequential(KEY, images[0], 20)
+
+
+def test_a_real_network_votes_like_predict_until_it_stops():
+  """Small ResNet behind randomized smoothing: undecided-only passes change no vote."""
+  model, variables = jd.models.small_resnet(num_classes=10, widths=(4, 8), key=jax.random.key(1))
+  clf = jd.StochasticClassifier(jd.models.logits_fn(model, variables),
+                                jd.defenses.randomized_smoothing(0.25))
+  images = jax.random.uniform(jax.random.key(2), (12, 28, 28, 1))
+  full = clf.predict_sequential(KEY, images, 60, chunk=10, error=0.5, sub_batches=1)
+  compact = clf.predict_sequential(KEY, images, 60, chunk=10, error=0.5, sub_batches=4)
+  np.testing.assert_array_equal(compact.labels, full.labels)
+  np.testing.assert_array_equal(compact.draws, full.draws)
+  ran_out = np.asarray(full.draws) == 60
+  np.testing.assert_array_equal(np.asarray(full.labels)[ran_out],
+                                np.asarray(clf.predict(KEY, images, n=60))[ran_out])

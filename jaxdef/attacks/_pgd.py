@@ -163,3 +163,63 @@ def pgd_trajectory(key, clf, images, labels, eps=8 / 255, alpha=1 / 255, steps=N
       key, clf, images, labels, eps, alpha, steps, eot, norm, targeted, random_start, loss,
       checkpoints=checkpoints, eot_chunk_size=eot_chunk_size, true_labels=true_labels)
   return {k: r.adversarial for k, r in results.items()}
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "clf", "checkpoints", "eot", "norm", "targeted", "use_random_start", "loss", "eot_chunk_size"))
+def _pgd_run_batch(keys, images, labels, eps, alphas, **static):
+  """`_pgd_run` for A (key, alpha) pairs in one compiled call (vmapped over both).
+
+  Pair i's iterates are those of its own `_pgd_run` call: vmap batches the
+  arithmetic, it does not mix the runs. Memory is A times one run's.
+  """
+  run = lambda key, alpha: _pgd_run(key, images, labels, eps, alpha, **static)
+  return jax.vmap(run)(keys, alphas)
+
+
+def pgd_trajectory_results_batch(keys, clf, images, labels, alphas, eps=8 / 255, eot=1,
+                                 norm="inf", targeted=False, random_start=False, loss="ce", *,
+                                 checkpoints: Sequence[int] = (10, 20, 50, 100),
+                                 eot_chunk_size: int | None = None, true_labels=None
+                                 ) -> list[dict[int, _common.AttackResult]]:
+  """`pgd_trajectory_results` for several step sizes at once, in one compiled call.
+
+  Entry i equals ``pgd_trajectory_results(keys[i], clf, images, labels, eps,
+  alphas[i], ...)``: the same iterates, one vmapped run instead of A.
+
+  Args:
+    keys: A PRNG keys, one per step size (a key array of shape (A,)).
+    alphas: A step sizes (> 0).
+    other arguments: as in `pgd`.
+
+  Returns:
+    A list of A dicts {k: AttackResult}, in the order of `alphas`.
+  """
+  checkpoints = _check_checkpoints(checkpoints)
+  alphas = [float(alpha) for alpha in np.ravel(alphas)]
+  if not alphas or tuple(np.shape(keys)[:1]) != (len(alphas),):
+    raise ValueError(f"keys and alphas must be non-empty and of one length, got "
+                     f"{np.shape(keys)[:1]} keys and {len(alphas)} alphas")
+  for alpha in alphas:
+    images, labels, _, _ = _common.check_attack_args(
+        clf, images, labels, eps=eps, alpha=alpha, steps=checkpoints[-1], eot=eot,
+        norm=norm, loss=loss, losses=_losses.PGD_LOSSES, targeted=targeted,
+        true_labels=true_labels, eot_chunk_size=eot_chunk_size)
+  saved, objectives, first_bad = _pgd_run_batch(
+      keys, images, labels, jnp.float32(eps), jnp.asarray(alphas, jnp.float32), clf=clf,
+      checkpoints=checkpoints, eot=int(eot), norm=norm, targeted=targeted,
+      use_random_start=bool(random_start), loss=loss,
+      eot_chunk_size=None if eot_chunk_size is None else int(eot_chunk_size))
+  first_bad = np.asarray(first_bad)
+  results = []
+  for a, alpha in enumerate(alphas):
+    _common.report_nonfinite("pgd", first_bad[a])
+    params = {"eps": float(eps), "alpha": alpha, "norm": norm, "targeted": targeted,
+              "random_start": bool(random_start), "loss": loss}
+    results.append({
+        k: _common.AttackResult(
+            adversarial=saved[a, i], attack="pgd", steps=k, eot=int(eot), strength=k * int(eot),
+            objective=objectives[a, i], nonfinite_step=np.where(first_bad[a] < k, first_bad[a], -1),
+            params=params)
+        for i, k in enumerate(checkpoints)})
+  return results

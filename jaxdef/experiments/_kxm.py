@@ -22,7 +22,8 @@ from jaxdef.reports import tables
 CSV_COLUMNS = ("model", "defense", "targeted", "k", "m", "alpha_255", "eps",
                "gradient_computations", "successes", "denominator", "num_images", "num_votes",
                "rate", "ci_low", "ci_high", "nonfinite_images",
-               "attack_seconds_whole_trajectory", "vote_seconds")
+               "attack_seconds_whole_trajectory", "vote_seconds", "vote_rule",
+               "vote_forward_passes", "vote_draws_mean")
 
 
 def sweep_spec(config, model_labels, defense_labels) -> _sweep.SweepSpec:
@@ -32,7 +33,10 @@ def sweep_spec(config, model_labels, defense_labels) -> _sweep.SweepSpec:
       targeted=tuple(bool(t) for t in attack.targeted), eots=tuple(int(m) for m in attack.eots),
       alphas=tuple(float(a) / 255 for a in attack.alphas_255),
       checkpoints=tuple(int(k) for k in attack.steps), eps=float(attack.eps_255) / 255,
-      votes=int(attack.votes), eot_chunk_size=attack.get("eot_chunk_size") or None)
+      votes=int(attack.votes), eot_chunk_size=attack.get("eot_chunk_size") or None,
+      batch_alphas=attack.get("batch_alphas", False),
+      sequential_votes=attack.get("sequential_votes", False),
+      vote_error=attack.get("vote_error", 1e-3))
 
 
 def summarize(records, workdir: pathlib.Path, title: str) -> str:

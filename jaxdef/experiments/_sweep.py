@@ -10,13 +10,30 @@ whose cells are all on disk, so an interrupted sweep resumes where it
 stopped. Every unit's keys are derived from its name, never from the order
 of work, so a resumed sweep computes exactly the numbers an uninterrupted
 one would have.
+
+Less work for the same answer:
+- `batch_alphas`: the units of one (model, defense, targeted, m) *group*
+  run as one vmapped, compiled call over their step sizes (and their keys),
+  giving the same iterates as separate runs. Compilations then depend on
+  the number of (pair, targeted, m), not on k or alpha.
+- `sequential_votes`: each vote stops drawing for an image once its label
+  is decided (`StochasticClassifier.predict_sequential`); the full n-draw
+  vote stays the default for a faithful reproduction. Records keep the
+  forward passes actually spent either way.
+
+Several processes (hosts) may run the same sweep on a shared workdir: each
+work item (a group, or a unit without `batch_alphas`) is claimed before it
+is computed (`_claims`), so none is computed twice; at the end every
+process waits for the items others hold and returns all records.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
+import sys
 import time
 import warnings
 import zlib
@@ -29,9 +46,13 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdef import attacks
+from jaxdef.attacks import _pgd
+from jaxdef.experiments import _claims
 from jaxdef.experiments import _records
 
 RECORDS_DIR = "records"
+CLAIMS_DIR = "claims"
+SEQUENTIAL_LOOK_EVERY = 10  # draws between looks of a sequential vote
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +88,14 @@ class SweepSpec:
     alphas: step sizes in pixel units.
     checkpoints: the PGD step counts k, from one trajectory.
     eps: L-inf budget in pixel units.
-    votes: draws of each defended prediction.
+    votes: draws of each defended prediction (the most, when sequential).
     eot_chunk_size: EOT draws per sequential chunk (None: all at once).
+    batch_alphas: run all alphas of a (model, defense, targeted, m) in one
+      vmapped call (memory: len(alphas) times one run's); same numbers.
+    sequential_votes: stop voting for an image once its label is decided
+      at `vote_error` (`StochasticClassifier.predict_sequential`); False
+      votes `votes` times on every image, as the study does.
+    vote_error: error level of a sequential vote, in (0, 1).
   """
   models: Sequence[str]
   defenses: Sequence[str]
@@ -79,11 +106,31 @@ class SweepSpec:
   eps: float
   votes: int
   eot_chunk_size: int | None = None
+  batch_alphas: bool = False
+  sequential_votes: bool = False
+  vote_error: float = 1e-3
+
+  def __post_init__(self):
+    for name in ("batch_alphas", "sequential_votes"):
+      if getattr(self, name) not in (True, False):
+        raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+    if (isinstance(self.vote_error, bool) or not isinstance(self.vote_error, (int, float))
+        or not 0 < self.vote_error < 1):
+      raise ValueError(f"vote_error must be a number in (0, 1), got {self.vote_error!r}")
 
   def units(self) -> list[Unit]:
     return [Unit(model, defense, bool(t), int(m), float(a))
             for model in self.models for defense in self.defenses for t in self.targeted
             for m in self.eots for a in self.alphas]
+
+  def groups(self) -> list[tuple[str, list[Unit]]]:
+    """Work items, (name, units): one per unit, or per (pair, targeted, m) with batch_alphas."""
+    if not self.batch_alphas:
+      return [(unit.name, [unit]) for unit in self.units()]
+    groups: dict[str, list[Unit]] = {}
+    for unit in self.units():
+      groups.setdefault(unit.name[:unit.name.rindex("__a")], []).append(unit)
+    return list(groups.items())
 
   def gradient_computations(self, num_images: int) -> int:
     """Image-gradients the whole sweep costs (for cost estimates)."""
@@ -91,7 +138,10 @@ class SweepSpec:
             * sum(self.eots) * max(self.checkpoints) * num_images)
 
   def forward_passes(self, num_images: int) -> int:
-    """Defended forward passes of the votes (clean once per pair, then each cell)."""
+    """Defended forward passes of full votes (clean once per pair, then each cell).
+
+    An upper bound with `sequential_votes`, which stops early per batch.
+    """
     pairs = len(self.models) * len(self.defenses)
     cells = len(self.units()) * len(self.checkpoints)
     return (pairs + cells) * self.votes * num_images
@@ -136,11 +186,40 @@ def finished_records(workdir: pathlib.Path, spec: SweepSpec) -> dict[str, list[d
   return done
 
 
+def vote(clf, key: jax.Array, images, spec: SweepSpec) -> tuple[np.ndarray, dict]:
+  """Defended labels of `images` by the spec's vote, and what the vote cost.
+
+  Returns:
+    (labels int (B,), cost): cost holds ``vote_forward_passes`` (model
+    evaluations actually computed for the batch) and ``vote_draws_mean``
+    (draws counted per image, on average).
+  """
+  batch = int(images.shape[0])
+  if not spec.sequential_votes:
+    labels = np.asarray(clf.predict(key, images, n=spec.votes))
+    return labels, {"vote_forward_passes": spec.votes * batch,
+                    "vote_draws_mean": float(spec.votes)}
+  chunk = min(SEQUENTIAL_LOOK_EVERY, clf.vote_chunk_size, spec.votes)
+  labels, draws, forward_passes = clf.predict_sequential(key, images, spec.votes, chunk=chunk,
+                                                         error=spec.vote_error)
+  return np.asarray(labels), {"vote_forward_passes": int(forward_passes),
+                              "vote_draws_mean": round(float(np.mean(draws)), 3)}
+
+
 def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, labels,
               targets, key: jax.Array, workdir: pathlib.Path, *,
-              progress: bool = True, on_unit: Callable[[Unit], None] | None = None
-              ) -> list[dict]:
-  """Runs (or resumes) every unit of `spec`; returns all cell records.
+              progress: bool = True, on_unit: Callable[[Unit], None] | None = None,
+              claim_stale_s: float = 600.0, wait_timeout_s: float | None = None,
+              poll_s: float = 2.0, message_every_s: float = 60.0) -> list[dict]:
+  """Runs (or resumes, or shares with other processes) every unit of `spec`.
+
+  Work items (`SweepSpec.groups`) whose cells are all on disk are skipped;
+  the others are claimed in ``workdir/claims`` before they are computed
+  (see `_claims` for how a dead process's claim is recovered), so processes
+  sharing the workdir never compute an item twice. When nothing is left to
+  claim, the process waits for the items other processes hold, printing
+  which every `message_every_s`, until their records are on disk (or their
+  claims go stale, and it computes them itself).
 
   Args:
     spec: the sweep.
@@ -152,55 +231,126 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
     workdir: run directory; records go to ``workdir/records``.
     progress: show a progress bar over units with an ETA.
     on_unit: called after each finished unit (tests use it to interrupt).
+    claim_stale_s: a claim whose owner's heartbeat is older than this is
+      taken over (a dead process on this host is detected at once).
+    wait_timeout_s: give up waiting for other processes after this long
+      (TimeoutError naming the items and their owners); None: no limit.
+    poll_s: seconds between looks while waiting.
+    message_every_s: seconds between progress messages while waiting.
 
   Returns:
     One record per cell (unit x k), sorted by unit then k.
   """
   workdir = pathlib.Path(workdir)
-  done = finished_records(workdir, spec)
-  todo = [u for u in spec.units() if u.name not in done]
-  clean_predictions = {}
-  bar = tqdm(total=len(spec.units()), initial=len(done), desc="sweep units", unit="run",
-             disable=not progress)
-  for unit in todo:
-    pair = (unit.model, unit.defense)
+  groups = spec.groups()
+  claims = _claims.Claims(workdir / CLAIMS_DIR, stale_after_s=claim_stale_s)
+  clean: dict[tuple[str, str], tuple[np.ndarray, dict]] = {}
+  missing = lambda units: [u for u in units
+                           if unit_records(workdir, u, spec.checkpoints) is None]
+  counted: set[str] = set()
+  bar = tqdm(total=len(spec.units()), desc="sweep units", unit="run", disable=not progress)
+
+  def count(units):
+    fresh = [u for u in units if u.name not in counted]
+    counted.update(u.name for u in fresh)
+    bar.update(len(fresh))
+
+  def compute(units: list[Unit]) -> None:
+    first = units[0]
+    pair = (first.model, first.defense)
     clf = classifiers[pair]
-    if pair not in clean_predictions:
+    if pair not in clean:
       clean_key = jax.random.fold_in(key, zlib.crc32(f"clean/{pair}".encode()) & 0x7FFFFFFF)
-      clean_predictions[pair] = np.asarray(clf.predict(clean_key, images, n=spec.votes))
-    bar.set_postfix_str(unit.name, refresh=False)
+      clean[pair] = vote(clf, clean_key, images, spec)
+    bar.set_postfix_str(first.name if len(units) == 1 else f"{first.name} +{len(units) - 1}",
+                        refresh=False)
+    attack_keys, vote_keys = zip(*(jax.random.split(unit.key(key)) for unit in units))
+    goal = targets if first.targeted else labels
+    options = dict(eps=spec.eps, eot=first.eot, targeted=first.targeted,
+                   checkpoints=tuple(spec.checkpoints), eot_chunk_size=spec.eot_chunk_size,
+                   true_labels=labels if first.targeted else None)
     start = time.perf_counter()
-    unit_key = unit.key(key)
-    attack_key, vote_key = jax.random.split(unit_key)
-    goal = targets if unit.targeted else labels
-    results = attacks.pgd_trajectory_results(
-        attack_key, clf, images, goal, eps=spec.eps, alpha=unit.alpha, eot=unit.eot,
-        targeted=unit.targeted, checkpoints=tuple(spec.checkpoints),
-        eot_chunk_size=spec.eot_chunk_size, true_labels=labels if unit.targeted else None)
-    attack_s = time.perf_counter() - start
-    for k, result in results.items():
-      start = time.perf_counter()
-      adversarial = np.asarray(clf.predict(jax.random.fold_in(vote_key, k), result.adversarial,
-                                           n=spec.votes))
-      rate = attacks.success_rate(clean_predictions[pair], adversarial, labels,
-                                  targets if unit.targeted else None, num_votes=spec.votes)
-      record = {
-          "unit": unit.name, "attack": "pgd", "model": unit.model, "defense": unit.defense,
-          "targeted": unit.targeted, "k": int(k), "m": unit.eot, "alpha": unit.alpha,
-          "alpha_255": round(unit.alpha * 255, 4), "eps": spec.eps,
-          "gradient_computations": int(result.strength),
-          "nonfinite_images": int((np.asarray(result.nonfinite_step) >= 0).sum()),
-          "attack_seconds_whole_trajectory": round(attack_s, 3),
-          "vote_seconds": round(time.perf_counter() - start, 3),
-          **rate.as_dict(),
-      }
-      _records.write_json(cell_path(workdir, unit, k), record)
-    done[unit.name] = [read_cell(cell_path(workdir, unit, k)) for k in spec.checkpoints]
-    bar.update(1)
-    if on_unit is not None:
-      on_unit(unit)
-  bar.close()
-  return [r for unit in spec.units() for r in done[unit.name]]
+    if spec.batch_alphas:
+      trajectories = _pgd.pgd_trajectory_results_batch(
+          jax.numpy.stack(attack_keys), clf, images, goal, [u.alpha for u in units], **options)
+    else:
+      trajectories = [attacks.pgd_trajectory_results(attack_keys[0], clf, images, goal,
+                                                     alpha=first.alpha, **options)]
+    # One call for all alphas: each unit's share of its time.
+    attack_s = (time.perf_counter() - start) / len(units)
+    clean_labels, clean_cost = clean[pair]
+    for unit, vote_key, results in zip(units, vote_keys, trajectories):
+      for k, result in results.items():
+        start = time.perf_counter()
+        adversarial, cost = vote(clf, jax.random.fold_in(vote_key, k), result.adversarial, spec)
+        rate = attacks.success_rate(clean_labels, adversarial, labels,
+                                    targets if unit.targeted else None, num_votes=spec.votes)
+        record = {
+            "unit": unit.name, "attack": "pgd", "model": unit.model, "defense": unit.defense,
+            "targeted": unit.targeted, "k": int(k), "m": unit.eot, "alpha": unit.alpha,
+            "alpha_255": round(unit.alpha * 255, 4), "eps": spec.eps,
+            "gradient_computations": int(result.strength),
+            "nonfinite_images": int((np.asarray(result.nonfinite_step) >= 0).sum()),
+            "attack_seconds_whole_trajectory": round(attack_s, 3),
+            "alphas_in_call": len(units),
+            "vote_seconds": round(time.perf_counter() - start, 3),
+            "vote_rule": "sequential" if spec.sequential_votes else "full",
+            "vote_error": spec.vote_error if spec.sequential_votes else None,
+            **cost,
+            "clean_vote_forward_passes": clean_cost["vote_forward_passes"],
+            **rate.as_dict(),
+        }
+        _records.write_json(cell_path(workdir, unit, k), record)
+      count([unit])
+      if on_unit is not None:
+        on_unit(unit)
+
+  def attempt(item: str, units: list[Unit]) -> bool:
+    """Finishes `item` here if it can; False while another live process holds it."""
+    if not missing(units):
+      count(units)
+      return True
+    if not claims.acquire(item):
+      return False
+    try:
+      todo = missing(units)  # another process may have finished it since the first look
+      if todo:
+        compute(todo)
+      count(units)
+    finally:
+      claims.release(item)
+    return True
+
+  try:
+    waiting = [(item, units) for item, units in groups if not attempt(item, units)]
+    started, last_message = time.monotonic(), -math.inf
+    while waiting:
+      waited = time.monotonic() - started
+      if wait_timeout_s is not None and waited > wait_timeout_s:
+        raise TimeoutError(
+            f"gave up after {waited:.0f} s waiting for {len(waiting)} work item(s) claimed by "
+            f"other processes: {'; '.join(claims.describe(i) for i, _ in waiting)}. If those "
+            f"processes are dead, rerun (claims older than claim_stale_s={claim_stale_s:g} s "
+            f"are taken over) or delete {claims.directory} while no process runs")
+      if time.monotonic() - last_message >= message_every_s:
+        shown = "; ".join(claims.describe(i) for i, _ in waiting[:5])
+        more = f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""
+        print(f"sweep: waiting {waited:.0f} s for {len(waiting)} work item(s) claimed by other "
+              f"processes: {shown}{more}", file=sys.stderr, flush=True)
+        last_message = time.monotonic()
+      time.sleep(poll_s)
+      waiting = [(item, units) for item, units in waiting if not attempt(item, units)]
+  finally:
+    claims.close()
+    bar.close()
+  records = []
+  for unit in spec.units():
+    cells = unit_records(workdir, unit, spec.checkpoints)
+    if cells is None:
+      raise RuntimeError(f"unit {unit.name} has no complete records in {workdir / RECORDS_DIR} "
+                         "after the sweep; were records deleted while it ran?")
+    records += cells
+  return records
 
 
 def best_alpha(records: Sequence[dict]) -> list[dict]:
