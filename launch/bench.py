@@ -1,67 +1,146 @@
-"""Throughput benchmark: PGD-with-EOT steps and votes, as JSON and markdown.
+"""Benchmark: jaxdef against the PyTorch way, as bench.json and bench.md.
 
-  python -m launch.bench --workdir=runs/bench [--batch=64] [--steps=5] [--defense=smoothing]
+  .venv/bin/python -m launch.bench --workdir=runs/bench
 
-Measures image-gradients per second of PGD with EOT-m (m in --eot) against
-randomized smoothing and BaRT on the small Fashion-MNIST ResNet, and
-defended forward passes per second of a 500-vote prediction. Compilation
-is excluded (timed calls follow a warm-up call).
+One line per measurement on stdout. Measures, compilation excluded (the
+compile seconds are reported separately):
+  1. PGD with EOT-m in image-gradients per second (an EOT-m step counts m
+     per image) against randomized smoothing (sigma 0.25) and BaRT
+     (kappa 6), and votes in defended forward passes per second, for the
+     small Fashion-MNIST ResNet at each --widths and ResNet-50 at 224 x 224;
+  2. XLA's FLOPs per image-gradient and the fraction of the device's peak
+     reached (CPU: nominal from lscpu and a measured matmul; GPU: datasheet);
+  3. the same architecture and weights in PyTorch (the Flax weights are
+     converted from a random torch model, logits checked to 1e-4 first),
+     attacked with torchattacks' EOTPGD behind randomized smoothing written
+     in torch, and torch votes; jaxdef / PyTorch per row. Needs the
+     benchmark extra (`pip install -r requirements-bench.txt`); without it
+     the bench says which package is missing and skips those rows;
+  4. the whole study: the embedded default's sweep (configs/default.py) the
+     reference way (an attack per k, EOT as a loop of single-draw calls,
+     full votes as single calls; in JAX with the sweep's own keys, and in
+     PyTorch) against `run_sweep` with its fastest settings; success counts
+     of the JAX reference way and jaxdef are compared cell by cell.
+About 15 minutes on an idle 2-core CPU with the defaults.
+
+Flags:
+  --workdir: output folder (bench.json, bench.md, study_sweep/).
+  --batch, --steps: images per attack batch and PGD steps per timed call
+    (small ResNet, randomized smoothing).
+  --eot: EOT sample counts m (comma-separated).
+  --votes, --vote_batch, --vote_chunk: draws per vote, images per vote,
+    draws evaluated at once.
+  --defense: smoothing and/or bart (repeat the flag).
+  --widths: small-ResNet stage widths, e.g. 8-16-32,16-32-64 (BaRT runs on
+    the first only: it compiles for minutes on a CPU).
+  --bart_batch, --bart_steps, --bart_votes: BaRT's sizes (slow on a CPU).
+  --resnet50: auto (smoke on CPU, full on GPU) | off | smoke (1 image,
+    1 step, EOT-first m) | full; --resnet50_batch (0: 1 smoke, 32 full).
+  --bfloat16: auto (GPU only) | on | off: also measure bfloat16 compute.
+  --[no]torch: the PyTorch rows; --threads: torch threads (0: one per
+    usable CPU, XLA's CPU thread-pool size).
+  --repeats, --row_budget_s: timed calls per row, stopping early once a
+    row's timed calls add up to the budget.
+  --flops: auto | compiled | lowered | off: XLA's cost analysis of the
+    optimised or of the lowered program (no compile), or none; auto counts
+    the compiled one except for BaRT and ResNet-50 on a CPU (minutes to
+    compile again there).
+  --[no]study: the whole-study comparison; --study_images (first N of the
+    default's 100 images); --study_workdir: a finished default run whose
+    trained models, config and images to use (else random-init small
+    ResNets); --study_torch: sample (one unit per m, extrapolated) | all |
+    off; --study_config: the sweep's config (default configs/default.py;
+    overrides as launch.run's, e.g. --study_config.attack.eots='(1,)').
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
+import sys
 
-import jax
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
-import jaxdef as jd
-from jaxdef.experiments import _bench
-from jaxdef.experiments import _records
-from jaxdef.reports import tables
+from jaxdef.bench import _harness
+
+_DEFAULTS = _harness.Options()
+_DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py")
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/bench", "Output folder.")
-_BATCH = flags.DEFINE_integer("batch", 64, "Images per attack batch.")
-_STEPS = flags.DEFINE_integer("steps", 5, "PGD steps per timed call.")
-_EOT = flags.DEFINE_list("eot", ["1", "10"], "EOT sample counts m.")
-_VOTES = flags.DEFINE_integer("votes", 500, "Votes per prediction.")
+_BATCH = flags.DEFINE_integer("batch", _DEFAULTS.batch, "Images per attack batch.")
+_STEPS = flags.DEFINE_integer("steps", _DEFAULTS.steps, "PGD steps per timed call.")
+_EOT = flags.DEFINE_list("eot", [str(m) for m in _DEFAULTS.eots], "EOT sample counts m.")
+_VOTES = flags.DEFINE_integer("votes", _DEFAULTS.votes, "Votes per prediction.")
+_VOTE_BATCH = flags.DEFINE_integer("vote_batch", _DEFAULTS.vote_batch, "Images per vote.")
+_VOTE_CHUNK = flags.DEFINE_integer("vote_chunk", _DEFAULTS.vote_chunk,
+                                   "Draws evaluated at once in a vote.")
 _DEFENSES = flags.DEFINE_multi_enum(
-    "defense", ["smoothing", "bart"], ["smoothing", "bart"],
-    "Defenses to measure (repeat the flag; BaRT-6 is slow on a CPU: every draw evaluates "
-    "all six transforms).")
+    "defense", list(_DEFAULTS.defenses), list(_harness.DEFENSE_LABELS),
+    "Defenses to measure (repeat the flag).")
+_WIDTHS = flags.DEFINE_list("widths", ["-".join(map(str, w)) for w in _DEFAULTS.widths],
+                            "Small-ResNet stage widths, e.g. 8-16-32,16-32-64.")
+_BART_BATCH = flags.DEFINE_integer("bart_batch", _DEFAULTS.bart_batch, "BaRT attack batch.")
+_BART_STEPS = flags.DEFINE_integer("bart_steps", _DEFAULTS.bart_steps, "BaRT PGD steps.")
+_BART_VOTES = flags.DEFINE_integer("bart_votes", _DEFAULTS.bart_votes, "BaRT votes.")
+_RESNET50 = flags.DEFINE_enum("resnet50", _DEFAULTS.resnet50, _harness.RESNET50_MODES,
+                              "ResNet-50 at 224x224: auto = smoke on CPU, full on GPU.")
+_RESNET50_BATCH = flags.DEFINE_integer("resnet50_batch", 0,
+                                       "ResNet-50 batch (0: 1 smoke, 32 full).")
+_BFLOAT16 = flags.DEFINE_enum("bfloat16", _DEFAULTS.bfloat16, _harness.SWITCHES,
+                              "Also measure bfloat16 compute (auto: on a GPU only).")
+_TORCH = flags.DEFINE_bool("torch", True, "Measure the PyTorch side (benchmark extra).")
+_THREADS = flags.DEFINE_integer("threads", 0, "torch threads (0: one per usable CPU).")
+_REPEATS = flags.DEFINE_integer("repeats", _DEFAULTS.repeats, "Most timed calls per row.")
+_ROW_BUDGET = flags.DEFINE_float("row_budget_s", _DEFAULTS.row_budget_s,
+                                 "Seconds of timed calls after which a row stops.")
+_FLOPS = flags.DEFINE_enum("flops", _DEFAULTS.flops, _harness.FLOPS_MODES,
+                           "XLA's cost analysis: auto, compiled, lowered or off.")
+_STUDY = flags.DEFINE_bool("study", True, "Run the whole-study comparison.")
+_STUDY_IMAGES = flags.DEFINE_integer("study_images", _DEFAULTS.study_images,
+                                     "Images of the whole study (first N of the default's).")
+_STUDY_CONFIG = config_flags.DEFINE_config_file(
+    "study_config", _DEFAULT_CONFIG, "The sweep of the whole study (the embedded default).")
+_STUDY_WORKDIR = flags.DEFINE_string("study_workdir", "",
+                                     "A finished default run whose trained models to use.")
+_STUDY_TORCH = flags.DEFINE_enum("study_torch", _DEFAULTS.study_torch,
+                                 _harness.STUDY_TORCH_MODES,
+                                 "PyTorch reference way: one unit per m (extrapolated), all, off.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars and per-measurement lines.")
+
+
+def _widths(values: list[str]) -> tuple[tuple[int, ...], ...]:
+  try:
+    return tuple(tuple(int(w) for w in value.split("-")) for value in values)
+  except ValueError:
+    raise app.UsageError(f"--widths must look like 8-16-32,16-32-64; got {values}") from None
 
 
 def main(argv):
-  del argv
-  workdir = pathlib.Path(_WORKDIR.value)
-  images, labels = jd.data.load_fashion_mnist("test")
-  x = jax.numpy.asarray(images[:_BATCH.value])
-  y = jax.numpy.asarray(labels[:_BATCH.value])
-  model, variables = jd.models.small_resnet(num_classes=10)
-  logits_fn = jd.models.logits_fn(model, variables)
-  rows = []
-  chosen = {"smoothing": ("randomized_smoothing(0.25)", jd.defenses.randomized_smoothing(0.25)),
-            "bart": ("bart(kappa=6)", jd.defenses.bart(kappa=6))}
-  for label, defense in (chosen[name] for name in _DEFENSES.value):
-    clf = jd.StochasticClassifier(logits_fn, defense)
-    for eot in (int(m) for m in _EOT.value):
-      record = _bench.pgd_throughput(clf, x, y, eot=eot, steps=_STEPS.value)
-      rows.append({"defense": label, "model": "small_resnet", **record})
-      print(json.dumps(rows[-1]))
-    record = _bench.vote_throughput(clf, x, votes=_VOTES.value)
-    rows.append({"defense": label, "model": "small_resnet", **record})
-    print(json.dumps(rows[-1]))
-  _records.write_json(workdir / "bench.json",
-                      {"environment": _records.environment(), "results": rows})
-  table = tables.markdown(rows, [
-      ("defense", "defense"), ("kind", "kind"), ("batch", "batch"), ("eot", "EOT m"),
-      ("votes", "votes"), ("image_gradients_per_second", "image-gradients/s"),
-      ("forward_passes_per_second", "forward passes/s"), ("seconds", "s per call")])
-  _records.write_atomic(workdir / "bench.md", table + "\n")
-  print(table)
-
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    eots = tuple(int(m) for m in _EOT.value)
+  except ValueError:
+    raise app.UsageError(f"--eot must be comma-separated integers, got {_EOT.value}") from None
+  try:
+    options = _harness.Options(
+        batch=_BATCH.value, steps=_STEPS.value, eots=eots, votes=_VOTES.value,
+        vote_batch=_VOTE_BATCH.value, vote_chunk=_VOTE_CHUNK.value,
+        defenses=tuple(dict.fromkeys(_DEFENSES.value)), widths=_widths(_WIDTHS.value),
+        bart_batch=_BART_BATCH.value, bart_steps=_BART_STEPS.value,
+        bart_votes=_BART_VOTES.value, resnet50=_RESNET50.value,
+        resnet50_batch=_RESNET50_BATCH.value, bfloat16=_BFLOAT16.value, torch=_TORCH.value,
+        threads=_THREADS.value, repeats=_REPEATS.value, row_budget_s=_ROW_BUDGET.value,
+        flops=_FLOPS.value, study=_STUDY.value, study_images=_STUDY_IMAGES.value,
+        study_workdir=_STUDY_WORKDIR.value, study_torch=_STUDY_TORCH.value,
+        progress=_PROGRESS.value)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+  result = _harness.run(options, _WORKDIR.value, study_config=_STUDY_CONFIG.value,
+                        command=" ".join(["python -m launch.bench", *sys.argv[1:]]))
+  print(open(f"{_WORKDIR.value}/bench.md").read())
+  return 0 if result else 1
 
 
 if __name__ == "__main__":

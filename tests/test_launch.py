@@ -59,10 +59,12 @@ def test_bench_writes_throughput_records(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   done = subprocess.run(
       [sys.executable, "-m", "launch.bench", f"--workdir={tmp_path}", "--batch=4", "--steps=1",
-       "--eot=1,2", "--votes=4", "--defense=smoothing"],
+       "--eot=1,2", "--votes=4", "--defense=smoothing", "--widths=4-8", "--resnet50=off",
+       "--notorch", "--nostudy", "--flops=off"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   rows = json.loads((tmp_path / "bench.json").read_text())["results"]
+  assert {r["engine"] for r in rows} == {"jaxdef"}  # --notorch
   assert [(r["kind"], r.get("eot")) for r in rows] == [("pgd", 1), ("pgd", 2), ("vote", None)]
   assert all(r["defense"] == "randomized_smoothing(0.25)" for r in rows)
   assert rows[0]["image_gradients_per_second"] > 0 and rows[2]["forward_passes_per_second"] > 0
