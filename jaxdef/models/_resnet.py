@@ -34,6 +34,7 @@ from flax import traverse_util
 
 from jaxdef import _validate
 from jaxdef.models import _activations
+from jaxdef.models import _conv as conv_ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,7 +77,9 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.
   pad = kernel // 2  # PyTorch's padding for torchvision's 1x1, 3x3 and 7x7 convs
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=_conv_init, name=name)
+                 param_dtype=jnp.float32, kernel_init=_conv_init, name=name,
+                 # Same values as lax's; its input gradient is fast inside loops (see conv_ops).
+                 conv_general_dilated=conv_ops.conv_general_dilated)
 
 
 def _bn(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
