@@ -11,6 +11,7 @@ from jaxdef import data
 from jaxdef import defenses
 from jaxdef import detection
 from jaxdef import models
+from jaxdef import sharding
 from jaxdef import theory
 from jaxdef import train
 from jaxdef import transforms
@@ -27,6 +28,7 @@ __all__ = (
     "defenses",
     "detection",
     "models",
+    "sharding",
     "theory",
     "train",
     "transforms",

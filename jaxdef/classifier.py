@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jaxdef import _sequential
 from jaxdef import _validate
+from jaxdef import sharding
 from jaxdef.defenses import _core as defenses_core
 
 PREDICT_MODES = ("vote", "all", "logits")
@@ -79,9 +80,15 @@ class StochasticClassifier:
     return int(shape[1])
 
   def draw_logits(self, key: jax.Array, images: jax.Array, n: int) -> jax.Array:
-    """Logits of `n` independent draws, shape (n, B, num_classes)."""
+    """Logits of `n` independent draws, shape (n, B, num_classes).
+
+    Data-parallel over the local devices when there are several (see
+    `jaxdef.sharding`); every other prediction goes through here.
+    """
     _validate.check_number(n, "n", low=1, integer=True)
-    return _draw_logits(self, key, images, int(n))
+    (images,), batch = sharding.put_batch(images)
+    (key,) = sharding.put_replicated(key)
+    return sharding.unpad(_draw_logits(self, key, images, int(n)), batch, axis=1)
 
   def predict(self, key: jax.Array, images: jax.Array, n: int = 500, mode: str = "vote"
               ) -> jax.Array:
@@ -154,10 +161,13 @@ class StochasticClassifier:
     _validate.check_number(sub_batches, "sub_batches", low=1, integer=True)
     table = _sequential.decision_table(int(n), int(chunk), float(error),
                                        self.num_classes(images))
+    (images,), batch = sharding.put_batch(images)  # see draw_logits
+    (key,) = sharding.put_replicated(key)
     rows = -(-images.shape[0] // int(sub_batches))
     labels, draws, forward_passes = _sequential.sequential_vote(
         self, key, images, jnp.asarray(table), int(n), int(chunk), rows)
-    return _sequential.SequentialVote(labels, draws, forward_passes)
+    return _sequential.SequentialVote(sharding.unpad(labels, batch), sharding.unpad(draws, batch),
+                                      forward_passes)
 
   def vote_counts(self, key: jax.Array, images: jax.Array, n: int = 500) -> jax.Array:
     """Per-class vote counts over n draws, int32 (B, num_classes)."""
@@ -177,7 +187,8 @@ class StochasticClassifier:
     """
     images = self._checked(key, images)
     draws = jnp.argmax(self.draw_logits(key, images, n), -1)
-    clean = jnp.argmax(_undefended_logits(self, key, images), -1)
+    (placed,), batch = sharding.put_batch(images)
+    clean = jnp.argmax(sharding.unpad(_undefended_logits(self, key, placed), batch), -1)
     return jnp.mean(draws == clean[None])
 
   def _checked(self, key, images):

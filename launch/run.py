@@ -2,6 +2,8 @@
 
   python -m launch.run --config=configs/<name>.py[:variant] --workdir=runs/<name>
   python -m launch.run --config.num_samples=100     # override any field
+  python -m launch.run --distributed ...             # one process per host (SLURM: see
+                                                     # launch/slurm_sweep.sh, BUILD.md)
 
 This file is intentionally kept short: it parses flags and calls
 `jaxdef.experiments.run`, which tests import directly.
@@ -12,22 +14,50 @@ from __future__ import annotations
 import json
 import pathlib
 
+import jax
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from jaxdef import experiments
+from jaxdef import sharding
 
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<experiment>).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Resolve the config, name its data and model "
                              "loaders and print the cost estimate; compute nothing.")
+_DEVICES = flags.DEFINE_string("devices", "auto", "Local devices that batches are sharded over: "
+                               "auto (all, when there are several), off, or a number n (the "
+                               "first n).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-host run first "
+                                 "(jax.distributed.initialize): from SLURM's variables, or from "
+                                 "--coordinator_address, --num_processes and --process_id.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "With --distributed outside "
+                                   "SLURM: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed outside SLURM: "
+                                      "the number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed outside SLURM: this "
+                                   "process, 0 to num_processes - 1.")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  try:
+    if _DISTRIBUTED.value:  # before anything starts JAX's backend
+      joined = sharding.initialize_distributed(*explicit)
+      print(f"distributed: process {joined['process_id']} of {joined['num_processes']} "
+            f"(coordinator {joined['coordinator_address']}), {len(jax.local_devices())} local "
+            f"{jax.local_devices()[0].platform} device(s)", flush=True)
+    elif any(value is not None for value in explicit):
+      raise ValueError("--coordinator_address, --num_processes and --process_id need "
+                       "--distributed")
+    devices = _DEVICES.value
+    sharding.set_devices(int(devices) if devices.isdigit() else devices)
+  except (ValueError, TypeError) as error:
+    raise app.UsageError(str(error)) from None
   config = _CONFIG.value
   if _DRY_RUN.value:
     print(config)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdef import _validate
+from jaxdef import sharding
 from jaxdef.attacks import _common
 from jaxdef.attacks import _losses
 from jaxdef.attacks._eot import eot_value_and_grad
@@ -153,12 +154,18 @@ def apgd_result(key, clf, images, labels, eps=8 / 255, steps=200, eot=1, norm="i
     if targeted and true_labels is None:
       raise ValueError("targeted DLR loss needs true_labels (the true classes, whose logit it "
                        "pushes below the target's); pass true_labels=... or use loss='ce'")
+  # Data-parallel over the local devices when there are several (see
+  # jaxdef.sharding); padding rows are dropped from the outputs.
+  (images, labels, true_labels), batch = sharding.put_batch(
+      images, labels, labels if true_labels is None else true_labels)
+  (key,) = sharding.put_replicated(key)
   x_max, f_max, first_bad = _apgd_run(
-      key, images, labels, labels if true_labels is None else true_labels, jnp.float32(eps),
+      key, images, labels, true_labels, jnp.float32(eps),
       jnp.float32(rho), jnp.float32(momentum), clf=clf, steps=int(steps), eot=int(eot),
       norm=norm, targeted=targeted, use_random_start=bool(random_start), loss=loss,
       eot_chunk_size=None if eot_chunk_size is None else int(eot_chunk_size))
-  first_bad = np.asarray(first_bad)
+  x_max, f_max = sharding.unpad(x_max, batch), sharding.unpad(f_max, batch)
+  first_bad = np.asarray(sharding.unpad(first_bad, batch))
   _common.report_nonfinite("apgd", first_bad)
   params = {"eps": float(eps), "norm": norm, "targeted": targeted, "loss": loss,
             "rho": float(rho), "momentum": float(momentum), "random_start": bool(random_start)}

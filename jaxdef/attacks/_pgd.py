@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdef import sharding
 from jaxdef.attacks import _common
 from jaxdef.attacks import _losses
 from jaxdef.attacks._eot import eot_value
@@ -78,12 +79,17 @@ def pgd_trajectory_results(key, clf, images, labels, eps=8 / 255, alpha=1 / 255,
       clf, images, labels, eps=eps, alpha=alpha, steps=checkpoints[-1], eot=eot, norm=norm,
       loss=loss, losses=_losses.PGD_LOSSES, targeted=targeted, true_labels=true_labels,
       eot_chunk_size=eot_chunk_size)
+  # Data-parallel over the local devices when there are several (jit
+  # partitions the run from the input shardings); padding rows are dropped.
+  (images, labels), batch = sharding.put_batch(images, labels)
+  (key,) = sharding.put_replicated(key)
   saved, objectives, first_bad = _pgd_run(
       key, images, labels, jnp.float32(eps), jnp.float32(alpha), clf=clf,
       checkpoints=checkpoints, eot=int(eot), norm=norm, targeted=targeted,
       use_random_start=bool(random_start), loss=loss,
       eot_chunk_size=None if eot_chunk_size is None else int(eot_chunk_size))
-  first_bad = np.asarray(first_bad)
+  saved, objectives = sharding.unpad(saved, batch, 1), sharding.unpad(objectives, batch, 1)
+  first_bad = np.asarray(sharding.unpad(first_bad, batch))
   _common.report_nonfinite("pgd", first_bad)
   params = {"eps": float(eps), "alpha": float(alpha), "norm": norm, "targeted": targeted,
             "random_start": bool(random_start), "loss": loss}
@@ -205,12 +211,15 @@ def pgd_trajectory_results_batch(keys, clf, images, labels, alphas, eps=8 / 255,
         clf, images, labels, eps=eps, alpha=alpha, steps=checkpoints[-1], eot=eot,
         norm=norm, loss=loss, losses=_losses.PGD_LOSSES, targeted=targeted,
         true_labels=true_labels, eot_chunk_size=eot_chunk_size)
+  (images, labels), batch = sharding.put_batch(images, labels)  # see pgd_trajectory_results
+  (keys,) = sharding.put_replicated(keys)
   saved, objectives, first_bad = _pgd_run_batch(
       keys, images, labels, jnp.float32(eps), jnp.asarray(alphas, jnp.float32), clf=clf,
       checkpoints=checkpoints, eot=int(eot), norm=norm, targeted=targeted,
       use_random_start=bool(random_start), loss=loss,
       eot_chunk_size=None if eot_chunk_size is None else int(eot_chunk_size))
-  first_bad = np.asarray(first_bad)
+  saved, objectives = sharding.unpad(saved, batch, 2), sharding.unpad(objectives, batch, 2)
+  first_bad = np.asarray(sharding.unpad(first_bad, batch, 1))
   results = []
   for a, alpha in enumerate(alphas):
     _common.report_nonfinite("pgd", first_bad[a])

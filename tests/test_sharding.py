@@ -1,0 +1,303 @@
+"""Data parallelism over local devices (jaxdef.sharding) on 4 simulated CPU devices.
+
+The 4-device runs happen in one subprocess (XLA_FLAGS must be set before jax
+is imported): this file run as a script computes every case with sharding
+off (one device) and on (4 devices), saves the arrays, and the tests below
+compare them, and compare the one-device numbers with this process's.
+
+What is bit-identical and what is not, on XLA:CPU: a dense network's
+attacks and votes are bit-identical sharded, padded or not. A convolution
+runs through Eigen's tensor contraction, whose blocking depends on the rows
+it is given (batch x H x W) and the thread count, and whose last rows go
+through a remainder kernel that sums the taps in another order. So the last
+image of a batch can differ in its last bits between batch sizes, and a
+4-way sharded batch has four "last images". The conv tests therefore check
+that each device computes exactly what one device computes on the same rows,
+and that the attack's outputs agree with the one-device run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxdef as jd
+from jaxdef import sharding
+
+NUM_DEVICES = 4
+BATCHES = (8, 6)  # divisible by 4, and padded to 8
+FLAG = f"--xla_force_host_platform_device_count={NUM_DEVICES}"
+
+
+def _mlp_classifier() -> jd.StochasticClassifier:
+  """784-32-32-10 ReLU network with fixed random weights, behind randomized smoothing."""
+  rng = np.random.default_rng(0)
+  sizes = (28 * 28, 32, 32, 10)
+  layers = [(jnp.asarray(rng.normal(size=(a, b)).astype(np.float32) / np.sqrt(a)),
+             jnp.asarray(rng.normal(size=b).astype(np.float32) * 0.1))
+            for a, b in zip(sizes[:-1], sizes[1:])]
+
+  def logits(images):
+    hidden = images.reshape(images.shape[0], -1) - 0.5
+    for weight, bias in layers[:-1]:
+      hidden = jax.nn.relu(hidden @ weight + bias)
+    return hidden @ layers[-1][0] + layers[-1][1]
+
+  return jd.StochasticClassifier(logits, jd.defenses.randomized_smoothing(0.25))
+
+
+def _resnet_logits():
+  model, variables = jd.models.small_resnet(widths=(2, 4, 4), key=jax.random.key(1))
+  return jd.models.logits_fn(model, variables)
+
+
+def _inputs(batch: int) -> tuple[jax.Array, jax.Array]:
+  rng = np.random.default_rng(batch)
+  images = rng.uniform(0, 1, (batch, 28, 28, 1)).astype(np.float32)
+  return jnp.asarray(images), jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
+
+
+def _pgd(clf, images, labels) -> dict[str, jax.Array]:
+  results = jd.attacks.pgd_trajectory_results(
+      jax.random.key(2), clf, images, labels, eps=8 / 255, alpha=2 / 255, eot=3,
+      random_start=True, checkpoints=(2, 3))
+  return {f"pgd_adversarial_{k}": r.adversarial for k, r in results.items()} | {
+      f"pgd_objective_{k}": r.objective for k, r in results.items()}
+
+
+def _mlp_cases(images, labels) -> dict[str, jax.Array]:
+  clf = _mlp_classifier()
+  key = jax.random.key(3)
+  apgd = jd.attacks.apgd_result(key, clf, images, labels, steps=4, eot=2)
+  sequential = clf.predict_sequential(key, images, n=40, chunk=10, error=0.1)
+  return _pgd(clf, images, labels) | {
+      "apgd_adversarial": apgd.adversarial, "apgd_objective": apgd.objective,
+      "predict": clf.predict(key, images, n=9), "vote_counts": clf.vote_counts(key, images, n=9),
+      "invariance": clf.invariance(key, images, n=9),
+      "sequential_labels": sequential.labels, "sequential_draws": sequential.draws}
+
+
+def _numpy(results: dict[str, jax.Array], prefix: str) -> dict[str, np.ndarray]:
+  return {f"{prefix}/{name}": np.asarray(value) for name, value in results.items()}
+
+
+def _conv_part(arrays: dict, facts: dict) -> None:
+  """The conv model: PGD on both batches, and each device's rows."""
+  resnet = jd.StochasticClassifier(_resnet_logits(), jd.defenses.randomized_smoothing(0.25))
+  for batch in BATCHES:
+    images, labels = _inputs(batch)
+    with sharding.use_devices("off"):
+      arrays |= _numpy(_pgd(resnet, images, labels), f"resnet/off/{batch}")
+    on = _pgd(resnet, images, labels)
+    arrays |= _numpy(on, f"resnet/on/{batch}")
+    adversarial = on["pgd_adversarial_3"]
+    facts[f"pgd_devices_{batch}"] = len(adversarial.sharding.device_set)
+    facts[f"pgd_shard_rows_{batch}"] = sorted(
+        shard.data.shape[0] for shard in adversarial.addressable_shards)
+
+  # Each device runs the one-device program on its rows, bit for bit (a
+  # deterministic defense, so that no draw depends on the row index).
+  plain = jd.StochasticClassifier(_resnet_logits())
+  images, _ = _inputs(6)
+  arrays["resnet/per_device/on"] = np.asarray(plain.draw_logits(jax.random.key(0), images, 1))[0]
+  (padded,), _ = sharding.put_batch(images)
+  with sharding.use_devices("off"):
+    rows = np.asarray(padded)
+    arrays["resnet/per_device/off"] = np.concatenate(
+        [np.asarray(plain.logits_fn(jnp.asarray(rows[i:i + 2]))) for i in range(0, 8, 2)])[:6]
+
+
+def _dense_part(arrays: dict, facts: dict) -> None:
+  """The dense model on the padded batch (whose sharded program is the
+  divisible batch's): every attack and vote; then device selections."""
+  images, labels = _inputs(6)
+  with sharding.use_devices("off"):
+    arrays |= _numpy(_mlp_cases(images, labels), "mlp/off/6")
+  arrays |= _numpy(_mlp_cases(images, labels), "mlp/on/6")
+
+  # The padded batch as placed: rows 6 and 7 repeat row 5, one pair per device.
+  (placed,), batch = sharding.put_batch(jnp.arange(6))
+  facts["placed"] = [np.asarray(placed).tolist(), batch, str(placed.sharding.spec),
+                     [np.asarray(s.data).tolist() for s in placed.addressable_shards]]
+
+  # A two-device selection, and a bad one.
+  with sharding.use_devices(2):
+    facts["two_devices"] = len(sharding.active_devices())
+    arrays["mlp/two/6/predict"] = np.asarray(_mlp_classifier().predict(jax.random.key(3),
+                                                                       images, n=9))
+  try:
+    sharding.set_devices(NUM_DEVICES + 1)
+  except ValueError as error:
+    facts["too_many"] = str(error)
+  facts["after_error"] = str(sharding.get_devices())
+
+
+PARTS = {"conv": _conv_part, "dense": _dense_part}
+
+
+def _worker(part: str, out_dir: pathlib.Path) -> None:
+  """Runs in a 4-device subprocess; writes <part>.npz and <part>.json."""
+  assert jax.local_device_count() == NUM_DEVICES, jax.devices()
+  arrays, facts = {}, {}
+  PARTS[part](arrays, facts)
+  np.savez(out_dir / f"{part}.npz", **arrays)
+  (out_dir / f"{part}.json").write_text(json.dumps(facts))
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+  """(arrays, facts) from the 4-device subprocesses, and this process's one-device numbers.
+
+  XLA compiles each program on one thread: the two parts run in two
+  subprocesses while this process computes its own numbers.
+  """
+  out_dir = tmp_path_factory.mktemp("sharding")
+  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + FLAG).strip(),
+             JAX_PLATFORMS="cpu")
+  processes = {part: subprocess.Popen([sys.executable, __file__, part, str(out_dir)], env=env,
+                                      text=True, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE) for part in PARTS}
+  try:
+    images, labels = _inputs(6)
+    arrays = _numpy(_mlp_cases(images, labels), "mlp/here/6")
+    facts = {}
+    for part, process in processes.items():
+      _, stderr = process.communicate(timeout=900)
+      assert process.returncode == 0, f"{part}: {stderr[-4000:]}"
+      arrays |= dict(np.load(out_dir / f"{part}.npz"))
+      facts |= json.loads((out_dir / f"{part}.json").read_text())
+  finally:
+    for process in processes.values():
+      if process.poll() is None:
+        process.kill()
+  return arrays, facts
+
+
+def test_dense_model_attacks_and_votes_are_bit_identical_sharded_and_padded(four_devices):
+  arrays, _ = four_devices
+  names = [k.split("/")[-1] for k in arrays if k.startswith("mlp/off/6/")]
+  assert len(names) == 11
+  for name in names:
+    off, on = arrays[f"mlp/off/6/{name}"], arrays[f"mlp/on/6/{name}"]
+    assert off.shape == on.shape and off.dtype == on.dtype, name
+    np.testing.assert_array_equal(on, off, err_msg=name)
+  # The attacks moved the images: equality is not that of two no-ops.
+  images, _ = _inputs(6)
+  for name in ("pgd_adversarial_3", "apgd_adversarial"):
+    assert np.abs(arrays[f"mlp/on/6/{name}"] - np.asarray(images)).max() > 0.02
+
+
+def test_outputs_are_sharded_over_four_devices_and_padding_repeats_the_last_row(four_devices):
+  _, facts = four_devices
+  assert facts["pgd_devices_8"] == NUM_DEVICES
+  assert facts["pgd_shard_rows_8"] == [2, 2, 2, 2]
+  values, batch, spec, shards = facts["placed"]
+  assert values == [0, 1, 2, 3, 4, 5, 5, 5] and batch == 6
+  assert spec in ("P('data',)", "PartitionSpec('data',)")
+  assert shards == [[0, 1], [2, 3], [4, 5], [5, 5]]
+
+
+def test_two_devices_and_a_bad_selection(four_devices):
+  arrays, facts = four_devices
+  assert facts["two_devices"] == 2
+  np.testing.assert_array_equal(arrays["mlp/two/6/predict"], arrays["mlp/off/6/predict"])
+  assert "allowed: 1 to 4" in facts["too_many"]
+  assert facts["after_error"] == "auto"  # a refused setting leaves the old one
+
+
+def test_conv_model_each_device_computes_its_rows_as_one_device_does(four_devices):
+  arrays, _ = four_devices
+  np.testing.assert_array_equal(arrays["resnet/per_device/on"], arrays["resnet/per_device/off"])
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_conv_model_pgd_agrees_with_one_device(four_devices, batch):
+  arrays, _ = four_devices
+  images, _ = _inputs(batch)
+  assert np.abs(arrays[f"resnet/on/{batch}/pgd_adversarial_3"] - np.asarray(images)).max() > 0.02
+  for k in (2, 3):
+    off = arrays[f"resnet/off/{batch}/pgd_adversarial_{k}"]
+    on = arrays[f"resnet/on/{batch}/pgd_adversarial_{k}"]
+    # Steps follow the gradient's sign, which last-bit differences do not flip.
+    np.testing.assert_array_equal(on, off)
+    np.testing.assert_allclose(arrays[f"resnet/on/{batch}/pgd_objective_{k}"],
+                               arrays[f"resnet/off/{batch}/pgd_objective_{k}"],
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_one_device_numbers_match_this_process(four_devices):
+  arrays, _ = four_devices
+  here = {k: v for k, v in arrays.items() if k.startswith("mlp/here/6/")}
+  assert len(here) == 11
+  for key, value in here.items():
+    name = key.split("/")[-1]
+    np.testing.assert_array_equal(value, arrays[f"mlp/off/6/{name}"], err_msg=name)
+    np.testing.assert_array_equal(value, arrays[f"mlp/on/6/{name}"], err_msg=name)
+
+
+# --- this process: one device ------------------------------------------------
+
+
+def test_auto_on_one_device_places_nothing():
+  assert jax.local_device_count() == 1
+  assert sharding.get_devices() == "auto"
+  assert sharding.active_devices() is None and sharding.data_mesh() is None
+  images, labels = _inputs(6)
+  (out_images, out_labels), batch = sharding.put_batch(images, labels)
+  assert out_images is images and out_labels is labels and batch == 6
+  assert sharding.unpad(images, 6) is images
+
+
+def test_explicit_single_device_and_restoring_the_setting():
+  images, _ = _inputs(3)
+  with sharding.use_devices(1):
+    (placed,), batch = sharding.put_batch(images)
+    assert batch == 3 and placed.shape == images.shape
+    assert placed.sharding.device_set == {jax.local_devices()[0]}
+  with pytest.raises(RuntimeError, match="inside"):
+    with sharding.use_devices("off"):
+      assert sharding.active_devices() is None
+      raise RuntimeError("inside")
+  assert sharding.get_devices() == "auto"
+
+
+@pytest.mark.parametrize("devices, error, match", [
+    ("all", ValueError, "'auto', 'off'"),
+    (2, ValueError, "allowed: 1 to 1"),
+    (0, ValueError, "allowed: 1 to 1"),
+    (True, TypeError, "got True"),
+    (None, TypeError, "got None"),
+    ([], ValueError, "empty"),
+    (["cpu:0"], TypeError, "jax.Device"),
+    (2.5, TypeError, "float"),
+])
+def test_bad_settings_are_named(devices, error, match):
+  with pytest.raises(error, match=match):
+    sharding.set_devices(devices)
+  with pytest.raises(error, match=match):
+    with sharding.use_devices(devices):
+      pass
+  assert sharding.get_devices() == "auto"
+
+
+def test_duplicate_devices_are_refused():
+  device = jax.local_devices()[0]
+  with pytest.raises(ValueError, match="distinct"):
+    sharding.set_devices([device, device])
+
+
+def test_put_batch_refuses_mismatched_batches():
+  with pytest.raises(ValueError, match="leading"):
+    sharding.put_batch(jnp.zeros((4, 2)), jnp.zeros(3))
+
+
+if __name__ == "__main__":
+  _worker(sys.argv[1], pathlib.Path(sys.argv[2]))
