@@ -31,6 +31,7 @@ import pytest
 
 import jaxdef as jd
 from jaxdef import sharding
+from jaxdef.attacks import _pgd
 
 NUM_DEVICES = 4
 BATCHES = (8, 6)  # divisible by 4, and padded to 8
@@ -65,7 +66,7 @@ def _inputs(batch: int) -> tuple[jax.Array, jax.Array]:
   return jnp.asarray(images), jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
 
 
-def _pgd(clf, images, labels) -> dict[str, jax.Array]:
+def _trajectory(clf, images, labels) -> dict[str, jax.Array]:
   results = jd.attacks.pgd_trajectory_results(
       jax.random.key(2), clf, images, labels, eps=8 / 255, alpha=2 / 255, eot=3,
       random_start=True, checkpoints=(2, 3))
@@ -78,11 +79,20 @@ def _mlp_cases(images, labels) -> dict[str, jax.Array]:
   key = jax.random.key(3)
   apgd = jd.attacks.apgd_result(key, clf, images, labels, steps=4, eot=2)
   sequential = clf.predict_sequential(key, images, n=40, chunk=10, error=0.1)
-  return _pgd(clf, images, labels) | {
+  return _trajectory(clf, images, labels) | {
       "apgd_adversarial": apgd.adversarial, "apgd_objective": apgd.objective,
       "predict": clf.predict(key, images, n=9), "vote_counts": clf.vote_counts(key, images, n=9),
       "invariance": clf.invariance(key, images, n=9),
       "sequential_labels": sequential.labels, "sequential_draws": sequential.draws}
+
+
+def _alphas_batch(images, labels) -> dict[str, jax.Array]:
+  """The sweep's path: two step sizes in one vmapped PGD run."""
+  results = _pgd.pgd_trajectory_results_batch(
+      jax.random.split(jax.random.key(5), 2), _mlp_classifier(), images, labels,
+      [1 / 255, 3 / 255], eot=3, random_start=True, checkpoints=(2, 3))
+  return {f"{name}_{a}_{k}": getattr(r[k], name) for a, r in enumerate(results) for k in (2, 3)
+          for name in ("adversarial", "objective", "nonfinite_step")}
 
 
 def _numpy(results: dict[str, jax.Array], prefix: str) -> dict[str, np.ndarray]:
@@ -95,8 +105,8 @@ def _conv_part(arrays: dict, facts: dict) -> None:
   for batch in BATCHES:
     images, labels = _inputs(batch)
     with sharding.use_devices("off"):
-      arrays |= _numpy(_pgd(resnet, images, labels), f"resnet/off/{batch}")
-    on = _pgd(resnet, images, labels)
+      arrays |= _numpy(_trajectory(resnet, images, labels), f"resnet/off/{batch}")
+    on = _trajectory(resnet, images, labels)
     arrays |= _numpy(on, f"resnet/on/{batch}")
     adversarial = on["pgd_adversarial_3"]
     facts[f"pgd_devices_{batch}"] = len(adversarial.sharding.device_set)
@@ -121,7 +131,9 @@ def _dense_part(arrays: dict, facts: dict) -> None:
   images, labels = _inputs(6)
   with sharding.use_devices("off"):
     arrays |= _numpy(_mlp_cases(images, labels), "mlp/off/6")
+    arrays |= _numpy(_alphas_batch(images, labels), "alphas/off/6")
   arrays |= _numpy(_mlp_cases(images, labels), "mlp/on/6")
+  arrays |= _numpy(_alphas_batch(images, labels), "alphas/on/6")
 
   # The padded batch as placed: rows 6 and 7 repeat row 5, one pair per device.
   (placed,), batch = sharding.put_batch(jnp.arange(6))
@@ -193,6 +205,17 @@ def test_dense_model_attacks_and_votes_are_bit_identical_sharded_and_padded(four
   images, _ = _inputs(6)
   for name in ("pgd_adversarial_3", "apgd_adversarial"):
     assert np.abs(arrays[f"mlp/on/6/{name}"] - np.asarray(images)).max() > 0.02
+
+
+def test_batched_step_sizes_are_bit_identical_sharded_and_padded(four_devices):
+  arrays, _ = four_devices
+  names = [k.split("/")[-1] for k in arrays if k.startswith("alphas/off/6/")]
+  assert len(names) == 12
+  for name in names:
+    np.testing.assert_array_equal(arrays[f"alphas/on/6/{name}"], arrays[f"alphas/off/6/{name}"],
+                                  err_msg=name)
+  assert not np.array_equal(arrays["alphas/on/6/adversarial_0_3"],
+                            arrays["alphas/on/6/adversarial_1_3"])
 
 
 def test_outputs_are_sharded_over_four_devices_and_padding_repeats_the_last_row(four_devices):
