@@ -117,6 +117,9 @@ def get_devices() -> Any:
 def use_devices(devices: Any) -> Iterator[None]:
   """Context manager: `set_devices(devices)` inside the block, restored after.
 
+  The setting is one per process (not per thread): do not switch it in one
+  thread while another runs an attack.
+
   Example::
 
     with jaxdef.sharding.use_devices("off"):
