@@ -79,7 +79,10 @@ def test_iterates_stay_in_the_ball_and_the_pixel_range(eps, alpha_ratio, steps, 
     if norm == "inf":
       assert np.abs(delta).max() <= eps + 1e-6
     else:
-      assert np.sqrt((delta ** 2).sum(axis=(1, 2, 3))).max() <= eps * (1 + 1e-5)
+      # Storing clean + delta in float32 rounds each pixel by up to half an ulp of 1:
+      # the L2 norm of those roundings is at most sqrt(pixels) * 2**-24.
+      rounding = np.sqrt(delta[0].size) * 2.0 ** -24
+      assert np.sqrt((delta ** 2).sum(axis=(1, 2, 3))).max() <= eps * (1 + 1e-5) + rounding
 
 
 def test_eot_gradient_is_the_mean_of_single_draw_gradients():
