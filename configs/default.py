@@ -51,7 +51,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Both alphas of a (model, target mode, m) in one compiled call: the same
   # iterates as one run per alpha (bit for bit on CPU), twice one run's memory.
   config.attack.batch_alphas = True
-  config.attack.sequential_votes = False
+  # Votes stop per image once the label is decided at error 1e-3. On the
+  # default run's 1,800 clean and k=50 adversarial images they agreed with the
+  # full 50-vote (and 500-vote) result on every image and spent 18% (62%)
+  # fewer forward passes (`python -m launch.vote_agreement`, 2026-11-23).
+  config.attack.sequential_votes = True
   config.attack.vote_error = 1e-3
 
   config.theory = theory_config.theory_section()

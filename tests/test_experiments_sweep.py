@@ -28,6 +28,7 @@ from jaxdef import experiments
 from jaxdef.attacks import _pgd
 from jaxdef.experiments import _kxm
 from jaxdef.experiments import _sweep
+from jaxdef.experiments import _vote_agreement
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WEIGHTS = np.random.default_rng(0).normal(size=(4 * 4 * 1, 3)).astype(np.float32)
@@ -178,8 +179,8 @@ def test_one_compilation_per_target_mode_and_m_whatever_k_and_alpha(tmp_path, mo
                                       checkpoints=spec.checkpoints)[2]
   labels, draws, spent = clf.predict_sequential(jax.random.fold_in(vote_key, 2), iterate, 40,
                                                 chunk=10)
-  clean_key = jax.random.fold_in(key, _sweep.zlib.crc32(b"clean/('linear', 'rs')") & 0x7FFFFFFF)
-  clean = clf.predict_sequential(clean_key, x, 40, chunk=10).labels
+  clean = clf.predict_sequential(_sweep.clean_vote_key(key, ("linear", "rs")), x, 40,
+                                 chunk=10).labels
   rate = jd.attacks.success_rate(clean, labels, y, targets if unit.targeted else None,
                                  num_votes=40)
   assert (record["successes"], record["denominator"]) == (rate.successes, rate.denominator)
@@ -216,6 +217,17 @@ def test_tiny_config_end_to_end_writes_tables_and_figures(tmp_path):
   assert len(lines) == cells + 1 and lines[0].startswith("model,defense,targeted,k,m")
   summary = (tmp_path / "summary.md").read_text()
   assert "| k \\ m | 1 | 2 |" in summary and "CI" in summary
+
+  # The agreement measurement replays the sweep: with n = 8 <= one look, the
+  # sequential vote is the full vote, image for image.
+  measured = _vote_agreement.measure(config, tmp_path, votes=(8,), baseline=False,
+                                     progress=False)
+  rows = {r["kind"]: r for r in measured["summary"]}
+  assert rows["clean"]["num_images"] == 8 and rows["adversarial"]["num_images"] == 8 * 8
+  assert rows["all"]["agreement"] == 1.0 and rows["all"]["saved"] == 0.0
+  saved = json.loads((tmp_path / "vote_agreement.json").read_text())
+  assert len(saved["batches"]) == 1 + 8 and saved["settings"]["steps"] == "last"
+  assert "| 8 | adversarial | 64 | 100.00% |" in (tmp_path / "vote_agreement.md").read_text()
 
   config.attack.votes = 9  # another config: refused, nothing overwritten
   before = (tmp_path / "results.csv").read_text()

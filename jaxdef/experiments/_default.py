@@ -145,7 +145,7 @@ def run_default(config, workdir: pathlib.Path) -> dict:
   findings = ["## Findings (computed in this run)", "",
               f"Attack: L-inf PGD, eps = {config.attack.eps_255:g}/255, best of "
               f"{len(config.attack.alphas_255)} step sizes per cell; success over the images "
-              f"the defended vote classified correctly, {config.attack.votes} votes, "
+              f"the defended vote classified correctly, {_sweep.describe_vote(records[0])}, "
               f"95% Clopper-Pearson intervals.", "",
               "Does EOT help at an equal number of gradient computations?", "",
               *(eot_findings(best) or ["- no two cells share a budget in this grid."]), ""]

@@ -55,7 +55,8 @@ def summarize(records, workdir: pathlib.Path, title: str) -> str:
     curves = figures.success_curves(group, workdir / "figures" / f"curves__{name}", heading)
     lines += [f"## {heading}", "",
               f"Attack success, best alpha per cell (rows: PGD steps k; columns: EOT m; "
-              f"{group[0]['num_votes']} votes; denominators are the initially correct images).",
+              f"{_sweep.describe_vote(group[0])}; denominators are the initially correct "
+              f"images).",
               "", tables.grid(group, "k", "m", row_title="k", column_title="m"), "",
               f"![heat map](figures/{heat.name}) ![curves](figures/{curves.name})", ""]
   summary = "\n".join(lines)

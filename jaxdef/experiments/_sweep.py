@@ -147,6 +147,11 @@ class SweepSpec:
     return (pairs + cells) * self.votes * num_images
 
 
+def clean_vote_key(root: jax.Array, pair: tuple[str, str]) -> jax.Array:
+  """Key of a (model, defense) pair's vote on the clean images (a function of its name)."""
+  return jax.random.fold_in(root, zlib.crc32(f"clean/{pair}".encode()) & 0x7FFFFFFF)
+
+
 def cell_path(workdir: pathlib.Path, unit: Unit, k: int) -> pathlib.Path:
   return workdir / RECORDS_DIR / f"{unit.name}__k{k}.json"
 
@@ -206,6 +211,14 @@ def vote(clf, key: jax.Array, images, spec: SweepSpec) -> tuple[np.ndarray, dict
                               "vote_draws_mean": round(float(np.mean(draws)), 3)}
 
 
+def describe_vote(record: dict) -> str:
+  """How a cell record's predictions were voted, for reports: '50 votes' or the sequential rule."""
+  if record.get("vote_rule") == "sequential":
+    return (f"sequential votes (at most {record['num_votes']} draws, each image stopping once "
+            f"its label is decided at error {record['vote_error']:g})")
+  return f"{record['num_votes']} votes"
+
+
 def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, labels,
               targets, key: jax.Array, workdir: pathlib.Path, *,
               progress: bool = True, on_unit: Callable[[Unit], None] | None = None,
@@ -260,8 +273,7 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
     pair = (first.model, first.defense)
     clf = classifiers[pair]
     if pair not in clean:
-      clean_key = jax.random.fold_in(key, zlib.crc32(f"clean/{pair}".encode()) & 0x7FFFFFFF)
-      clean[pair] = vote(clf, clean_key, images, spec)
+      clean[pair] = vote(clf, clean_vote_key(key, pair), images, spec)
     bar.set_postfix_str(first.name if len(units) == 1 else f"{first.name} +{len(units) - 1}",
                         refresh=False)
     attack_keys, vote_keys = zip(*(jax.random.split(unit.key(key)) for unit in units))
