@@ -51,6 +51,7 @@ Flags:
     ResNets); --study_torch: sample (one unit per m, extrapolated) | all |
     off; --study_config: the sweep's config (default configs/default.py;
     overrides as launch.run's, e.g. --study_config.attack.eots='(1,)').
+  --[no]progress: the study's progress bars.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ _STUDY_WORKDIR = flags.DEFINE_string("study_workdir", "",
 _STUDY_TORCH = flags.DEFINE_enum("study_torch", _DEFAULTS.study_torch,
                                  _harness.STUDY_TORCH_MODES,
                                  "PyTorch reference way: one unit per m (extrapolated), all, off.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars and per-measurement lines.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars of the study (the "
+                              "per-measurement lines are always printed).")
 
 
 def _widths(values: list[str]) -> tuple[tuple[int, ...], ...]:

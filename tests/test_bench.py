@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
+from jaxdef import data
 from jaxdef import defenses
 from jaxdef import models
 from jaxdef.bench import _device
@@ -108,7 +109,7 @@ def _hide_packages(monkeypatch, names):
 
 def test_missing_torch_is_said_and_output_still_written(tmp_path, monkeypatch, capsys):
   _hide_packages(monkeypatch, ("torch", "torchvision", "torchattacks"))
-  options = dataclasses.replace(TINY, eots=(1,), flops="off", progress=True)
+  options = dataclasses.replace(TINY, widths=((2,),), eots=(1,), votes=2, flops="off")
   _harness.run(options, tmp_path, command="test")
   out = capsys.readouterr().out
   assert "missing package(s) torch, torchvision, torchattacks" in out
@@ -122,7 +123,7 @@ def test_missing_torch_is_said_and_output_still_written(tmp_path, monkeypatch, c
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
 def test_missing_torchattacks_skips_only_the_eotpgd_rows(tmp_path, monkeypatch):
   _hide_packages(monkeypatch, ("torchattacks",))
-  options = dataclasses.replace(TINY, eots=(1,), flops="off")
+  options = dataclasses.replace(TINY, widths=((2,),), eots=(1,), votes=2, flops="off")
   written = _harness.run(options, tmp_path, command="test")
   theirs = [(r["kind"], r.get("eot")) for r in written["results"] if r["engine"] == "pytorch"]
   assert theirs == [("vote", None)]
@@ -206,26 +207,32 @@ def test_torch_vote_is_the_majority_with_lowest_label_ties():
   assert labels.tolist() == [0, 0]
 
 
-def _mlp_study(trained, num_images: int) -> _study.Study:
-  """A sweep of the trained Fashion-MNIST MLP behind smoothing: non-trivial success counts.
+def _centroid_study(num_images: int) -> _study.Study:
+  """A sweep of a nearest-class-mean classifier behind smoothing: non-trivial success counts.
 
-  (A random-init ResNet labels every image alike with a wide margin, which
-  no small attack moves: every cell would read 0 successes.)
+  The classifier (logits -||x - mean_c||^2 up to a per-image constant, means
+  of the training images) is real, differentiable and needs no training
+  loop; a random-init ResNet instead labels every image alike with a wide
+  margin, which no small attack moves, so every cell would read 0 successes.
   """
-  spec = _sweep.SweepSpec(models=("mlp",), defenses=("smoothing",), targeted=(False, True),
-                          eots=(2,), alphas=(4 / 255,), checkpoints=(1, 3), eps=16 / 255,
-                          votes=8)
-  clf = StochasticClassifier(trained.logits_fn, defenses.randomized_smoothing(0.25),
-                             vote_chunk_size=8)
-  labels = trained.test_labels[:num_images].astype(np.int32)
-  return _study.Study(spec=spec, classifiers={("mlp", "smoothing"): clf}, flax_models={},
-                      sigmas={"smoothing": 0.25}, images=trained.test_images[:num_images],
-                      labels=labels, targets=_sources.targets_for(labels, 10, -1),
-                      key=jax.random.key(0), models_note="test MLP")
+  train_images, train_labels = data.load_fashion_mnist("train")
+  means = np.stack([train_images[train_labels == c].mean(0) for c in range(10)])
+  flat = jnp.asarray(means.reshape(10, -1))
+  logits_fn = lambda x: 2 * x.reshape(x.shape[0], -1) @ flat.T - jnp.sum(flat**2, -1)
+  spec = _sweep.SweepSpec(models=("centroids",), defenses=("smoothing",),
+                          targeted=(False, True), eots=(2,), alphas=(16 / 255,),
+                          checkpoints=(1, 3), eps=48 / 255, votes=8)  # wide margins: big steps
+  clf = StochasticClassifier(logits_fn, defenses.randomized_smoothing(0.25), vote_chunk_size=8)
+  images, labels = data.load_fashion_mnist("test")
+  labels = labels[:num_images].astype(np.int32)
+  return _study.Study(spec=spec, classifiers={("centroids", "smoothing"): clf}, flax_models={},
+                      sigmas={"smoothing": 0.25}, images=images[:num_images], labels=labels,
+                      targets=_sources.targets_for(labels, 10, -1), key=jax.random.key(0),
+                      models_note="nearest class mean")
 
 
-def test_reference_way_and_jaxdef_agree_on_every_cell(fashion_mlp, tmp_path):
-  study = _mlp_study(fashion_mlp, 12)
+def test_reference_way_and_jaxdef_agree_on_every_cell(tmp_path):
+  study = _centroid_study(12)
   settings = _study.available_settings(_study.EXACT_SETTINGS)
   ours = _study.jaxdef_way(study, tmp_path / "sweep", settings, progress=False)
   reference = _study.reference_way(

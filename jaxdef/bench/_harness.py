@@ -61,7 +61,7 @@ class Options:
   torch: bool = True
   threads: int = 0
   repeats: int = 3
-  row_budget_s: float = 20.0
+  row_budget_s: float = 10.0
   flops: str = "auto"
   study: bool = True
   study_images: int = 100
@@ -110,15 +110,13 @@ class _Model:
 
 
 class _Log:
-  """Per-measurement lines with the elapsed time, on stdout."""
+  """Per-measurement lines with the elapsed time, on stdout (always: they are the results)."""
 
-  def __init__(self, enabled: bool = True):
+  def __init__(self):
     self.start = time.perf_counter()
-    self.enabled = enabled
 
   def __call__(self, text: str) -> None:
-    if self.enabled:
-      print(f"[{time.perf_counter() - self.start:7.1f} s] {text}", flush=True)
+    print(f"[{time.perf_counter() - self.start:7.1f} s] {text}", flush=True)
 
 
 def _fashion_images(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -201,9 +199,12 @@ class _Bench:
       self.log(f"peak {label}: {peak['gflops']:,.1f} GFLOP/s ({peak['how']})")
 
   def peaks_for(self, dtype_name: str) -> dict[str, float]:
+    """Label -> GFLOP/s of the peaks a row of compute dtype `dtype_name` is compared with."""
     if jax.devices()[0].platform == "cpu":
       return {label: peak["gflops"] for label, peak in self.peaks.items()}
-    return _device.peaks_for(dtype_name)
+    measured = self.peaks.get(f"matmul_measured_{dtype_name}")
+    return {**_device.peaks_for(dtype_name),
+            **({f"matmul_measured_{dtype_name}": measured["gflops"]} if measured else {})}
 
   def _add(self, row: dict) -> None:
     self.rows.append(row)
@@ -270,8 +271,7 @@ class _Bench:
 
   def _torch_defended(self, model: _Model, dtype_name: str) -> Any:
     torch = _torch.torch_module()
-    on_gpu = _torch.device().type == "cuda"
-    autocast = torch.bfloat16 if dtype_name == "bfloat16" and on_gpu else None
+    autocast = torch.bfloat16 if dtype_name == "bfloat16" else None  # as jaxdef: bf16 compute
     return _torch.smoothed(model.torch_model, SIGMA, autocast)
 
   @staticmethod
@@ -332,7 +332,7 @@ def run(options: Options, workdir: str | os.PathLike, *, study_config: Any = Non
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  log = _Log(options.progress)
+  log = _Log()
   found = _torch.availability() if options.torch else {}
   notes = []
   if not options.torch:

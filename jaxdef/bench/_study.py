@@ -332,19 +332,12 @@ def jaxdef_way(study: Study, workdir: pathlib.Path, settings: dict[str, Any], *,
 def compare(jaxdef_records: list[dict], reference_records: list[dict]) -> dict[str, Any]:
   """Cells where both ways report the same (successes, denominator)."""
   reference = {(r["unit"], r["k"]): (r["successes"], r["denominator"]) for r in reference_records}
-  mismatches = []
-  compared = 0
-  for r in jaxdef_records:
-    cell = (r["unit"], r["k"])
-    if cell not in reference:
-      continue
-    compared += 1
-    ours = (r["successes"], r["denominator"])
-    if ours != reference[cell]:
-      mismatches.append({"unit": r["unit"], "k": r["k"], "jaxdef": list(ours),
-                         "reference": list(reference[cell])})
-  return {"cells_compared": compared, "cells_identical": compared - len(mismatches),
-          "mismatches": mismatches}
+  cells = [{"unit": r["unit"], "k": r["k"], "jaxdef": [r["successes"], r["denominator"]],
+            "reference": list(reference[(r["unit"], r["k"])])}
+           for r in jaxdef_records if (r["unit"], r["k"]) in reference]
+  mismatches = [cell for cell in cells if cell["jaxdef"] != cell["reference"]]
+  return {"cells_compared": len(cells), "cells_identical": len(cells) - len(mismatches),
+          "mismatches": mismatches, "cells": cells}
 
 
 def torch_engines(study: Study, *, seed: int = 0) -> Callable[[tuple[str, str]], Any]:
