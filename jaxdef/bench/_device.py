@@ -224,6 +224,9 @@ def environment(torch_info: dict[str, Any] | None = None) -> dict[str, Any]:
       "cpu_logical_usable": cpu["cpu_logical_usable"],
       "cpu_ghz": cpu["cpu_ghz"],
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      # PyTorch's OpenMP threads spin while waiting (ACTIVE, the default): fast on
+      # an idle machine, many times slower when another process shares the cores.
+      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (ACTIVE spinning)"),
       "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
   }
   gpu = gpu_peak(device.device_kind) if device.platform != "cpu" else None

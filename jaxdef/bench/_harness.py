@@ -374,6 +374,17 @@ def run(options: Options, workdir: str | os.PathLike, *, study_config: Any = Non
     if study_config is None:
       raise ValueError("study_config (configs/default.py's config) is needed for the study")
     study = run_study(options, study_config, workdir, found, log)
+  env["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+  busy = max(env.get("load_average_1min") or 0, env["load_average_1min_end"] or 0)
+  if busy > 0.5 * env["cpu_logical_usable"] and jax.devices()[0].platform == "cpu":
+    passive = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+    notes.append(f"The machine was busy (1-minute load average up to {busy:.1f} on "
+                 f"{env['cpu_logical_usable']} CPUs): every figure is distorted"
+                 + (" (OMP_WAIT_POLICY=PASSIVE was set, so PyTorch's threads slept while "
+                    "waiting)" if passive else
+                    ", PyTorch's most: its OpenMP threads spin while waiting and ran about "
+                    "10x slower on a shared 2-core machine; OMP_WAIT_POLICY=PASSIVE avoids "
+                    "that") + ". Rerun on an idle machine for figures to report.")
   result = {"command": command or " ".join(sys.argv), "environment": env,
             "peaks": bench.peaks, "results": bench.rows, "study": study, "notes": notes,
             "options": dataclasses.asdict(options)}

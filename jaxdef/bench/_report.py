@@ -65,8 +65,9 @@ def _environment(env: dict, peaks: dict) -> list[str]:
   lines = [f"- date: {env['date']}; device: {env['device_kind']} ({env['backend']}, "
            f"{env['device_count']} device(s))",
            f"- CPU: {env['cpu_model']}, {env['cpu_cores']} cores ({env['cpu_logical_usable']} "
-           f"usable); load average over the last minute at the start: "
-           f"{_fmt(env.get('load_average_1min'))}",
+           f"usable); 1-minute load average at the start {_fmt(env.get('load_average_1min'))}"
+           f", at the end {_fmt(env.get('load_average_1min_end'))}; OMP_WAIT_POLICY "
+           f"{env.get('omp_wait_policy')}",
            f"- jax {env['jax']}, jaxlib {env['jaxlib']}, flax {env['flax']}, numpy "
            f"{env['numpy']}, python {env['python']}"]
   if env.get("torch"):
