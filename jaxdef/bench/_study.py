@@ -61,7 +61,8 @@ class Study:
   """The sweep to time and everything it runs on.
 
   Attributes:
-    spec: the default's sweep (full votes, no fast settings).
+    spec: the config's sweep (`jaxdef_way` sets its fast fields; the reference way
+      always votes in full).
     classifiers: (model label, defense label) -> defended classifier.
     flax_models: model label -> (Flax module, variables).
     sigmas: defense label -> randomized-smoothing sigma (None: not smoothing).
