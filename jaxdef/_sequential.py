@@ -14,16 +14,17 @@ count and b the runner-up's. The image is decided when
     lower(a, t) > upper(b, t),
 
 with lower / upper the one-sided Clopper-Pearson bounds (beta quantiles)
-at level ``error / ((looks - 1) * num_classes)`` (the last look, after draw
-n, stops every image anyway and returns the full vote). Why this is valid: the draws of
-one image are i.i.d. with class probabilities p. Say the rule stops with a
-leader l although p_l < p_c for some class c. Then lower(a_l) > upper(a_c)
-implies p_l < lower(a_l) or p_c > upper(a_c): a one-sided bound of a fixed
-class missed at some early look. Each miss has probability at most the
-level, and there are at most (looks - 1) x num_classes of them that matter (the lower
-bounds of the classes other than a most probable class c*, the upper bound
-of c*), so the union bound gives the guarantee stated in
-`StochasticClassifier.predict_sequential`.
+at level ``error / ((looks - 1) * num_classes)``; the last look, after draw
+n, stops every image anyway and returns the full vote.
+
+Why this is valid: the draws of one image are i.i.d. with class
+probabilities p; let c* be a most probable class. If the rule stops early
+with a leader l whose p_l < p_c*, then lower(a_l) > upper(a_c*) forces
+p_l < lower(a_l) or p_c* > upper(a_c*): at that look either the lower
+bound of a class other than c* or the upper bound of c* missed. Each such
+miss has probability at most the level, and there are (looks - 1) x
+num_classes of them over the early looks, so the union bound gives the
+guarantee stated in `StochasticClassifier.predict_sequential`.
 """
 
 from __future__ import annotations
