@@ -90,12 +90,22 @@ def pgd_trajectory_results(key, clf, images, labels, eps=8 / 255, alpha=1 / 255,
       eot_chunk_size=None if eot_chunk_size is None else int(eot_chunk_size))
   saved, objectives = sharding.unpad(saved, batch, 1), sharding.unpad(objectives, batch, 1)
   first_bad = np.asarray(sharding.unpad(first_bad, batch))
-  _common.report_nonfinite("pgd", first_bad)
   params = {"eps": float(eps), "alpha": float(alpha), "norm": norm, "targeted": targeted,
             "random_start": bool(random_start), "loss": loss}
+  return _trajectory_results(saved, objectives, first_bad, checkpoints, int(eot), params)
+
+
+def _trajectory_results(saved, objectives, first_bad, checkpoints, eot: int, params: dict
+                        ) -> dict[int, _common.AttackResult]:
+  """One run's iterates (K, B, ...) and objectives (K, B) as {k: AttackResult}.
+
+  Reports images whose gradient went non-finite (first_bad: int (B,), -1 if
+  never) and credits each k with k x eot gradient computations.
+  """
+  _common.report_nonfinite("pgd", first_bad)
   return {
       k: _common.AttackResult(
-          adversarial=saved[i], attack="pgd", steps=k, eot=int(eot), strength=k * int(eot),
+          adversarial=saved[i], attack="pgd", steps=k, eot=eot, strength=k * eot,
           objective=objectives[i], nonfinite_step=np.where(first_bad < k, first_bad, -1),
           params=params)
       for i, k in enumerate(checkpoints)
@@ -220,15 +230,9 @@ def pgd_trajectory_results_batch(keys, clf, images, labels, alphas, eps=8 / 255,
       eot_chunk_size=None if eot_chunk_size is None else int(eot_chunk_size))
   saved, objectives = sharding.unpad(saved, batch, 2), sharding.unpad(objectives, batch, 2)
   first_bad = np.asarray(sharding.unpad(first_bad, batch, 1))
-  results = []
-  for a, alpha in enumerate(alphas):
-    _common.report_nonfinite("pgd", first_bad[a])
-    params = {"eps": float(eps), "alpha": alpha, "norm": norm, "targeted": targeted,
-              "random_start": bool(random_start), "loss": loss}
-    results.append({
-        k: _common.AttackResult(
-            adversarial=saved[a, i], attack="pgd", steps=k, eot=int(eot), strength=k * int(eot),
-            objective=objectives[a, i], nonfinite_step=np.where(first_bad[a] < k, first_bad[a], -1),
-            params=params)
-        for i, k in enumerate(checkpoints)})
-  return results
+  return [
+      _trajectory_results(
+          saved[a], objectives[a], first_bad[a], checkpoints, int(eot),
+          {"eps": float(eps), "alpha": alpha, "norm": norm, "targeted": targeted,
+           "random_start": bool(random_start), "loss": loss})
+      for a, alpha in enumerate(alphas)]
