@@ -38,6 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # decided at vote_error (StochasticClassifier.predict_sequential).
   config.attack.sequential_votes = False
   config.attack.vote_error = 1e-3
+  # True attacks (and, with sequential votes, votes on) only the images a
+  # success rate counts, each under the draws of a whole-batch attack.
+  config.attack.counted_only = False
 
   if variant == "imagenet":
     # --config.data.dir: the validation folder (class-per-folder) or the tfds

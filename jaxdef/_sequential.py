@@ -99,9 +99,9 @@ class SequentialVote(NamedTuple):
   forward_passes: jax.Array
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
 def sequential_vote(clf, key: jax.Array, images: jax.Array, table: jax.Array, num_votes: int,
-                    chunk: int, rows: int) -> SequentialVote:
+                    chunk: int, rows: int, skip: jax.Array | None = None) -> SequentialVote:
   """The compiled loop behind `StochasticClassifier.predict_sequential`.
 
   Draw i uses ``jax.random.split(key, num_votes)[i]`` on the whole batch,
@@ -168,9 +168,12 @@ def sequential_vote(clf, key: jax.Array, images: jax.Array, table: jax.Array, nu
     decided = decided | (top_two[:, 0] >= table[look, top_two[:, 1]])
     return look + 1, counts, draws, decided, spent + cost
 
+  # Skipped images start decided: no draw is counted or (in passes) computed for them.
+  skipped = jnp.zeros((batch,), bool) if skip is None else skip
   state = (jnp.int32(0), jnp.zeros((batch, num_classes), jnp.int32),
-           jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool), jnp.int32(0))
+           jnp.zeros((batch,), jnp.int32), skipped, jnp.int32(0))
   _, counts, draws, _, spent = jax.lax.while_loop(
       lambda s: (s[0] < looks) & ~jnp.all(s[3]), body, state)
   # First maximum: ties (possible only after all n draws) go to the lowest label, as in `predict`.
-  return SequentialVote(jnp.argmax(counts, -1).astype(jnp.int32), draws, spent)
+  labels = jnp.where(skipped, -1, jnp.argmax(counts, -1)).astype(jnp.int32)
+  return SequentialVote(labels, draws, spent)

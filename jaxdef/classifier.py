@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdef import _sequential
 from jaxdef import _validate
@@ -23,6 +24,26 @@ PREDICT_MODES = ("vote", "all", "logits")
 REJECTED = -1
 
 
+def _is_array_pytree(fn: Any) -> bool:
+  """True when `fn` is a pytree node whose leaves are all arrays (its weights).
+
+  Such a function (`jaxdef.models.logits_fn`, or ``jax.tree_util.Partial(f,
+  variables)``) can travel into compiled code as an argument; anything else
+  (a closure, a partial over Python values) stays compile-time structure.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(fn)
+  if not leaves or (len(leaves) == 1 and leaves[0] is fn):
+    return False
+  if not all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves):
+    return False
+  try:
+    hash(treedef)
+  except TypeError:
+    return False
+  return True
+
+
+@jax.tree_util.register_pytree_node_class
 class StochasticClassifier:
   """A model behind a stochastic pre-processing defense.
 
@@ -53,6 +74,31 @@ class StochasticClassifier:
     self.defense = defenses_core.as_defense(
         defense if defense is not None else (lambda key, images: images), name="identity")
     self.vote_chunk_size = int(vote_chunk_size)
+    self._weights_are_data = _is_array_pytree(logits_fn)
+    self._num_classes = {}
+
+  # A pytree: the compiled attacks and votes take the classifier as an
+  # argument. When the logits function carries its weights as arrays (see
+  # `_is_array_pytree`), those are the leaves, so classifiers that differ
+  # only in weights share one compilation; everything else (the defense,
+  # a closure) is the structure, compared by identity as before.
+  def tree_flatten(self):
+    static = (self.defense, self.vote_chunk_size, self.stochastic_model)
+    if self._weights_are_data:
+      return (self.logits_fn,), (None,) + static
+    return (), (self.logits_fn,) + static
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    logits_fn, defense, vote_chunk_size, stochastic_model = aux
+    clf = object.__new__(cls)
+    clf.logits_fn = children[0] if logits_fn is None else logits_fn
+    clf.defense = defense
+    clf.vote_chunk_size = vote_chunk_size
+    clf.stochastic_model = stochastic_model
+    clf._weights_are_data = logits_fn is None
+    clf._num_classes = {}
+    return clf
 
   def __repr__(self) -> str:
     return f"StochasticClassifier(defense={self.defense!r})"
@@ -73,11 +119,18 @@ class StochasticClassifier:
     return self.logits_fn(self.defense.fn(key, images))
 
   def num_classes(self, images: jax.Array) -> int:
-    """The number of classes, from the shape of one abstract evaluation."""
-    shape = jax.eval_shape(self.logits, jax.random.key(0), images).shape
-    if len(shape) != 2:
-      raise ValueError(f"logits_fn must return logits of shape (batch, classes), got {shape}")
-    return int(shape[1])
+    """The number of classes, from the shape of one abstract evaluation.
+
+    Remembered per image shape and dtype: the abstract evaluation traces the
+    whole model (tens of milliseconds), and every attack call asks.
+    """
+    signature = (tuple(images.shape), str(images.dtype))
+    if signature not in self._num_classes:
+      shape = jax.eval_shape(self.logits, jax.random.key(0), images).shape
+      if len(shape) != 2:
+        raise ValueError(f"logits_fn must return logits of shape (batch, classes), got {shape}")
+      self._num_classes[signature] = int(shape[1])
+    return self._num_classes[signature]
 
   def draw_logits(self, key: jax.Array, images: jax.Array, n: int) -> jax.Array:
     """Logits of `n` independent draws, shape (n, B, num_classes).
@@ -87,8 +140,8 @@ class StochasticClassifier:
     """
     _validate.check_number(n, "n", low=1, integer=True)
     (images,), batch = sharding.put_batch(images)
-    (key,) = sharding.put_replicated(key)
-    return sharding.unpad(_draw_logits(self, key, images, int(n)), batch, axis=1)
+    key, clf = sharding.put_replicated(key, self)
+    return sharding.unpad(_draw_logits(clf, key, images, int(n)), batch, axis=1)
 
   def predict(self, key: jax.Array, images: jax.Array, n: int = 500, mode: str = "vote"
               ) -> jax.Array:
@@ -112,8 +165,8 @@ class StochasticClassifier:
     return aggregate(self.draw_logits(key, images, n), mode)
 
   def predict_sequential(self, key: jax.Array, images: jax.Array, n: int = 500, *,
-                         chunk: int | None = None, error: float = 1e-3, sub_batches: int = 8
-                         ) -> _sequential.SequentialVote:
+                         chunk: int | None = None, error: float = 1e-3, sub_batches: int = 8,
+                         skip: jax.Array | None = None) -> _sequential.SequentialVote:
     """Majority vote that stops drawing for an image once its label is decided.
 
     Draws come `chunk` at a time (draw i is draw i of ``predict(key, images,
@@ -145,11 +198,16 @@ class StochasticClassifier:
       sub_batches: >= 1; the model evaluates ceil(B / sub_batches) undecided
         images per pass. 1 evaluates the whole batch at every look (as does a
         stochastic model, whose draws depend on the batch it sees).
+      skip: optional bool (B,): images whose label is not wanted (say, those
+        no success rate counts). They count as decided from the start: no
+        draws, label -1, and (with sub_batches > 1) no model evaluations;
+        the other images' draws are unchanged.
 
     Returns:
       A `SequentialVote` (labels, draws, forward_passes): int32 (B,) majority
-      labels, int32 (B,) draws each image counted (a multiple of chunk, or
-      n), and the model evaluations the batch actually cost.
+      labels (-1 where skipped), int32 (B,) draws each image counted (a
+      multiple of chunk, or n), and the model evaluations the batch actually
+      cost.
     """
     images = self._checked(key, images)
     _validate.check_number(n, "n", low=1, integer=True)
@@ -159,13 +217,18 @@ class StochasticClassifier:
     _validate.check_number(error, "error", low=0, high=1, low_inclusive=False,
                            high_inclusive=False)
     _validate.check_number(sub_batches, "sub_batches", low=1, integer=True)
+    # Always an array, so that votes with and without skipping share one compilation.
+    skip = jnp.zeros(images.shape[:1], bool) if skip is None else jnp.asarray(skip)
+    if skip.dtype != jnp.bool_ or skip.shape != images.shape[:1]:
+      raise ValueError(f"skip must be a bool array of shape {images.shape[:1]} (one flag per "
+                       f"image), got {skip.dtype} {skip.shape}")
     table = _sequential.decision_table(int(n), int(chunk), float(error),
                                        self.num_classes(images))
-    (images,), batch = sharding.put_batch(images)  # see draw_logits
-    (key,) = sharding.put_replicated(key)
+    (images, skip), batch = sharding.put_batch(images, skip)  # see draw_logits
+    key, clf = sharding.put_replicated(key, self)
     rows = -(-images.shape[0] // int(sub_batches))
     labels, draws, forward_passes = _sequential.sequential_vote(
-        self, key, images, jnp.asarray(table), int(n), int(chunk), rows)
+        clf, key, images, jnp.asarray(table), int(n), int(chunk), rows, skip)
     return _sequential.SequentialVote(sharding.unpad(labels, batch), sharding.unpad(draws, batch),
                                       forward_passes)
 
@@ -188,7 +251,8 @@ class StochasticClassifier:
     images = self._checked(key, images)
     draws = jnp.argmax(self.draw_logits(key, images, n), -1)
     (placed,), batch = sharding.put_batch(images)
-    clean = jnp.argmax(sharding.unpad(_undefended_logits(self, key, placed), batch), -1)
+    (clf,) = sharding.put_replicated(self)
+    clean = jnp.argmax(sharding.unpad(_undefended_logits(clf, key, placed), batch), -1)
     return jnp.mean(draws == clean[None])
 
   def _checked(self, key, images):
@@ -209,7 +273,7 @@ def aggregate(draw_logits: jax.Array, mode: str = "vote") -> jax.Array:
   return label
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
+@functools.partial(jax.jit, static_argnums=3)
 def _draw_logits(clf: StochasticClassifier, key, images, n: int) -> jax.Array:
   keys = jax.random.split(key, n)
   draw = lambda k: clf.logits(k, images)
@@ -218,7 +282,7 @@ def _draw_logits(clf: StochasticClassifier, key, images, n: int) -> jax.Array:
   return jax.lax.map(draw, keys, batch_size=clf.vote_chunk_size)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@jax.jit
 def _undefended_logits(clf: StochasticClassifier, key, images) -> jax.Array:
   if clf.stochastic_model:
     return clf.logits_fn(jax.random.fold_in(key, 1), images)

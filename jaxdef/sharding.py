@@ -198,9 +198,10 @@ def put_batch(*arrays: Any) -> tuple[tuple[jax.Array, ...], int]:
 
 
 def put_replicated(*arrays: Any) -> tuple[Any, ...]:
-  """Places arrays (keys, scalars) whole on every active device; unchanged when off."""
+  """Places arrays or pytrees of them (keys, scalars, a classifier's weights) whole on
+  every active device; unchanged when off."""
   mesh = data_mesh()
-  if mesh is None or any(isinstance(x, jax.core.Tracer) for x in arrays):
+  if mesh is None or any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(arrays)):
     return tuple(arrays)
   return tuple(jax.device_put(x, NamedSharding(mesh, PartitionSpec())) for x in arrays)
 

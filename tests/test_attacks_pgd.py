@@ -143,6 +143,72 @@ def test_alpha_and_key_changes_do_not_recompile():
   assert _pgd._pgd_run._cache_size() == before
 
 
+def test_models_differing_only_in_weights_share_the_compiled_attack():
+  # A base model and its fine-tuned copy: `models.logits_fn` carries the
+  # weights as data, so the second model costs no compilation, and its
+  # iterates equal those of a classifier whose weights are compile-time
+  # constants (a closure).
+  model, first = jd.models.small_resnet(widths=(4, 8), key=jax.random.key(1))
+  _, second = jd.models.small_resnet(widths=(4, 8), key=jax.random.key(2))
+  defense = jd.defenses.randomized_smoothing(0.1)
+  x = jax.random.uniform(jax.random.key(3), (3, 28, 28, 1))
+  y = jnp.array([0, 1, 2])
+  jd.attacks.pgd(KEY, jd.StochasticClassifier(jd.models.logits_fn(model, first), defense), x, y,
+                 steps=2, eot=2)
+  before = _pgd._pgd_run._cache_size()
+  shared = jd.attacks.pgd(
+      KEY, jd.StochasticClassifier(jd.models.logits_fn(model, second), defense), x, y, steps=2,
+      eot=2)
+  assert _pgd._pgd_run._cache_size() == before
+  closure = lambda images: model.apply(second, images, train=False)
+  baked = jd.attacks.pgd(KEY, jd.StochasticClassifier(closure, defense), x, y, steps=2, eot=2)
+  assert _pgd._pgd_run._cache_size() == before + 1
+  np.testing.assert_allclose(shared, baked, atol=1e-6)
+
+
+def test_a_subset_gets_the_whole_batch_iterates_and_the_rest_stays_clean():
+  x, y = _batch(size=6)
+  clf = jd.StochasticClassifier(linear_logits, jd.defenses.randomized_smoothing(0.2))
+  for targeted in (False, True):
+    whole = jd.attacks.pgd_trajectory_results(KEY, clf, x, y, eps=0.1, alpha=0.02, eot=3,
+                                              targeted=targeted, checkpoints=(2, 5))
+    part = jd.attacks.pgd_trajectory_results(KEY, clf, x, y, eps=0.1, alpha=0.02, eot=3,
+                                             targeted=targeted, checkpoints=(2, 5),
+                                             subset=np.array([4, 1]))
+    attacked, spared = [1, 4], [0, 2, 3, 5]
+    for k in (2, 5):
+      got, want = np.asarray(part[k].adversarial), np.asarray(whole[k].adversarial)
+      np.testing.assert_array_equal(got[attacked], want[attacked])
+      np.testing.assert_allclose(np.asarray(part[k].objective)[attacked],
+                                 np.asarray(whole[k].objective)[attacked], rtol=1e-6)
+      np.testing.assert_array_equal(got[spared], np.asarray(x)[spared])
+      assert np.isnan(np.asarray(part[k].objective)[spared]).all()
+      assert part[k].strength == k * 3
+  batched = _pgd.pgd_trajectory_results_batch(
+      jnp.stack([KEY, jax.random.key(9)]), clf, x, y, [0.02, 0.05], eps=0.1, eot=3, targeted=True,
+      checkpoints=(2, 5), subset=np.array([1, 4]))
+  np.testing.assert_array_equal(batched[0][5].adversarial, part[5].adversarial)
+
+
+@pytest.mark.parametrize("subset, match", [
+    (np.array([], np.int32), "non-empty 1-D"), (np.array([[0, 1]]), "non-empty 1-D"),
+    (np.array([0.5]), "non-empty 1-D"), (np.array([0, 6]), r"distinct indices in \[0, 5\]"),
+    (np.array([-1]), "distinct indices"), (np.array([2, 2]), "distinct indices")])
+def test_bad_subsets_are_named(subset, match):
+  x, y = _batch(size=6)
+  clf = jd.StochasticClassifier(linear_logits, jd.defenses.randomized_smoothing(0.2))
+  with pytest.raises(ValueError, match=match):
+    jd.attacks.pgd_trajectory_results(KEY, clf, x, y, checkpoints=(1,), subset=subset)
+
+
+def test_a_subset_needs_a_deterministic_model():
+  x, y = _batch(size=2)
+  clf = jd.StochasticClassifier(lambda key, images: linear_logits(images),
+                                jd.defenses.randomized_smoothing(0.2), stochastic_model=True)
+  with pytest.raises(ValueError, match="subset needs a deterministic model"):
+    jd.attacks.pgd_trajectory_results(KEY, clf, x, y, checkpoints=(1,), subset=[0])
+
+
 def test_margin_loss_and_l2_run():
   x, y = _batch()
   clf = jd.StochasticClassifier(linear_logits)

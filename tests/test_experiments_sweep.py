@@ -117,6 +117,31 @@ def test_batched_alphas_give_the_same_records_and_resume_mid_group(whole, tmp_pa
   assert sorted({r["alphas_in_call"] for r in resumed}) == [1, 2]
 
 
+def test_counted_only_gives_the_whole_batch_counts_for_less_work(tmp_path):
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.uniform(0.2, 0.8, (20, 4, 4, 1)).astype(np.float32))
+  y = np.asarray(jnp.argmax(linear_logits(x), -1)).astype(np.int32)
+  y[::2] = (y[::2] + 1) % 3  # half the images start wrong: no rate counts them
+  targets = np.where(y == 2, 0, 2).astype(np.int32)
+  spec, clfs, _, _, _ = _problem()
+  spec = dataclasses.replace(spec, batch_alphas=True, sequential_votes=True, votes=30)
+  runs = {}
+  for counted_only in (False, True):
+    runs[counted_only] = _sweep.run_sweep(
+        dataclasses.replace(spec, counted_only=counted_only), clfs, x, jnp.asarray(y),
+        jnp.asarray(targets), jax.random.key(0), tmp_path / str(counted_only), progress=False)
+  counts = lambda records: [(r["unit"], r["k"], r["successes"], r["denominator"])
+                            for r in records]
+  assert counts(runs[True]) == counts(runs[False])
+  denominators = {r["denominator"] for r in runs[True]}
+  assert max(denominators) <= 10 and min(denominators) > 0
+  # The counted images, padded to a multiple of 8; the votes skip the rest.
+  assert {r["attacked_images"] for r in runs[True]} == {16 if max(denominators) > 8 else 8}
+  assert {r["attacked_images"] for r in runs[False]} == {20}
+  spent = lambda records: sum(r["vote_forward_passes"] for r in records)
+  assert spent(runs[True]) < spent(runs[False])
+
+
 def test_corrupt_record_is_reported_and_recomputed(whole, tmp_path):
   spec, clfs, x, y, targets = _problem()
   key = jax.random.key(0)
@@ -132,8 +157,7 @@ def test_corrupt_record_is_reported_and_recomputed(whole, tmp_path):
   assert [r["successes"] for r in second] == [r["successes"] for r in first]
 
 
-PGD_STATIC = ("clf", "checkpoints", "eot", "norm", "targeted", "use_random_start", "loss",
-              "eot_chunk_size")
+PGD_STATIC = ("checkpoints", "eot", "norm", "use_random_start", "loss", "eot_chunk_size")
 
 
 def _counted(jitted, traces, name, max_traces, **static):
@@ -148,29 +172,45 @@ def _counted(jitted, traces, name, max_traces, **static):
   return jax.jit(chex.assert_max_traces(counting, max_traces), **static)
 
 
-def test_one_compilation_per_target_mode_and_m_whatever_k_and_alpha(tmp_path, monkeypatch):
+def _weighted_linear(weights, images):
+  return images.reshape(images.shape[0], -1) @ weights
+
+
+def test_one_compilation_per_m_whatever_k_alpha_target_mode_and_model(tmp_path, monkeypatch):
   spec = dataclasses.replace(_problem()[0], batch_alphas=True, sequential_votes=True,
-                             votes=40, checkpoints=(1, 2, 3), alphas=(0.01, 0.02, 0.04))
+                             votes=40, checkpoints=(1, 2, 3), alphas=(0.01, 0.02, 0.04),
+                             models=("linear", "other"))
   _, clfs, x, y, targets = _problem()
-  clf = clfs[("linear", "rs")]
-  modes = len(spec.eots) * len(spec.targeted)
+  defense = clfs[("linear", "rs")].defense
+  # Two models of one architecture whose weights are data (a jax Partial over an
+  # array is a pytree of arrays, as `jaxdef.models.logits_fn` is): they
+  # share every compilation.
+  other_weights = np.random.default_rng(5).normal(size=WEIGHTS.shape).astype(np.float32)
+  clfs = {("linear", "rs"): jd.StochasticClassifier(
+              jax.tree_util.Partial(_weighted_linear, jnp.asarray(WEIGHTS)), defense),
+          ("other", "rs"): jd.StochasticClassifier(
+              jax.tree_util.Partial(_weighted_linear, jnp.asarray(other_weights)), defense)}
+  modes = len(spec.eots)  # the target mode is data, as are the weights
   traces = collections.Counter()
   monkeypatch.setattr(_pgd, "_pgd_run",
                       _counted(_pgd._pgd_run, traces, "run", modes, static_argnames=PGD_STATIC))
   monkeypatch.setattr(_pgd, "_pgd_run_batch", _counted(_pgd._pgd_run_batch, traces, "batch",
                                                        modes, static_argnames=PGD_STATIC))
   monkeypatch.setattr(_sequential, "sequential_vote", _counted(
-      _sequential.sequential_vote, traces, "vote", 1, static_argnums=(0, 4, 5, 6)))
+      _sequential.sequential_vote, traces, "vote", 1, static_argnums=(4, 5, 6)))
   monkeypatch.setattr(classifier, "_draw_logits", _counted(
-      classifier._draw_logits, traces, "full vote", 0, static_argnums=(0, 3)))
+      classifier._draw_logits, traces, "full vote", 0, static_argnums=3))
   key = jax.random.key(0)
   records = _sweep.run_sweep(spec, clfs, x, y, targets, key, tmp_path, progress=False)
-  # 36 cells (3 k x 2 m x 3 alpha x 2 modes), 4 + 4 traces of the attack, one of the vote.
-  assert len(records) == 36
+  # 72 cells (2 models x 3 k x 2 m x 3 alpha x 2 modes), 2 + 2 traces of the
+  # attack (one per m), one of the vote: none more for a second model or mode.
+  assert len(records) == 72
   assert traces == {"run": modes, "batch": modes, "vote": 1}
 
-  # A cell's record is what the public functions give with the unit's keys.
-  unit = spec.units()[4]
+  # A cell's record is what the public functions give with the unit's keys
+  # (a unit of the second model, which ran on the first model's compilation).
+  unit = [u for u in spec.units() if u.model == "other"][4]
+  clf = clfs[("other", "rs")]
   record = next(r for r in records if r["unit"] == unit.name and r["k"] == 2)
   attack_key, vote_key = jax.random.split(unit.key(key))
   goal = targets if unit.targeted else y
@@ -179,7 +219,7 @@ def test_one_compilation_per_target_mode_and_m_whatever_k_and_alpha(tmp_path, mo
                                       checkpoints=spec.checkpoints)[2]
   labels, draws, spent = clf.predict_sequential(jax.random.fold_in(vote_key, 2), iterate, 40,
                                                 chunk=10)
-  clean = clf.predict_sequential(_sweep.clean_vote_key(key, ("linear", "rs")), x, 40,
+  clean = clf.predict_sequential(_sweep.clean_vote_key(key, ("other", "rs")), x, 40,
                                  chunk=10).labels
   rate = jd.attacks.success_rate(clean, labels, y, targets if unit.targeted else None,
                                  num_votes=40)
@@ -314,6 +354,7 @@ def test_configs_choose_batched_alphas_and_the_vote():
   default = default_config.get_config()
   assert spec(default).batch_alphas
   assert spec(default).sequential_votes == default.attack.sequential_votes
+  assert spec(default).counted_only and not spec(kxm_sweep.get_config("fashion")).counted_only
   default.attack.sequential_votes = True
   default.attack.vote_error = 1e-2
   assert spec(default).sequential_votes and spec(default).vote_error == 1e-2

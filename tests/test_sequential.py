@@ -159,6 +159,24 @@ def test_bad_input_is_named():
     clf.predict_sequential(KEY, images, 20, sub_batches=0)
   with pytest.raises(ValueError, match="images must have rank 4"):
     clf.predict_sequential(KEY, images[0], 20)
+  with pytest.raises(ValueError, match=r"skip must be a bool array of shape \(1,\)"):
+    clf.predict_sequential(KEY, images, 20, skip=np.array([0]))
+
+
+def test_skipped_images_cost_nothing_and_change_no_other_vote():
+  rng = np.random.default_rng(3)
+  clf, images = _classifier(rng.dirichlet(np.full(4, 0.5), size=24))
+  skip = np.arange(24) % 3 != 0
+  every = clf.predict_sequential(KEY, images, 60, chunk=10, sub_batches=8)
+  some = clf.predict_sequential(KEY, images, 60, chunk=10, sub_batches=8, skip=skip)
+  np.testing.assert_array_equal(np.asarray(some.labels)[~skip], np.asarray(every.labels)[~skip])
+  np.testing.assert_array_equal(np.asarray(some.draws)[~skip], np.asarray(every.draws)[~skip])
+  np.testing.assert_array_equal(np.asarray(some.labels)[skip], -1)
+  np.testing.assert_array_equal(np.asarray(some.draws)[skip], 0)
+  # 8 images left, one pass of 3 rows... at most 3 passes of 3 rows per look.
+  assert int(some.forward_passes) <= 6 * 10 * 9 < int(every.forward_passes)
+  nothing = clf.predict_sequential(KEY, images, 60, chunk=10, skip=np.ones(24, bool))
+  assert int(nothing.forward_passes) == 0 and (np.asarray(nothing.labels) == -1).all()
 
 
 def test_a_real_network_votes_like_predict_until_it_stops():

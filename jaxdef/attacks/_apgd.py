@@ -56,7 +56,7 @@ def _objective_fn(labels, true_labels, loss, targeted):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "clf", "steps", "eot", "norm", "targeted", "use_random_start", "loss", "eot_chunk_size"))
+    "steps", "eot", "norm", "targeted", "use_random_start", "loss", "eot_chunk_size"))
 def _apgd_run(key, images, labels, true_labels, eps, rho, momentum, *, clf, steps, eot, norm,
               targeted, use_random_start, loss, eot_chunk_size):
   """Runs `steps` gradient evaluations; returns (x_max, f_max, first_bad)."""
@@ -158,7 +158,7 @@ def apgd_result(key, clf, images, labels, eps=8 / 255, steps=200, eot=1, norm="i
   # jaxdef.sharding); padding rows are dropped from the outputs.
   (images, labels, true_labels), batch = sharding.put_batch(
       images, labels, labels if true_labels is None else true_labels)
-  (key,) = sharding.put_replicated(key)
+  key, clf = sharding.put_replicated(key, clf)
   x_max, f_max, first_bad = _apgd_run(
       key, images, labels, true_labels, jnp.float32(eps),
       jnp.float32(rho), jnp.float32(momentum), clf=clf, steps=int(steps), eot=int(eot),

@@ -57,6 +57,13 @@ def targeted_dlr(logits: jax.Array, true_labels: jax.Array, targets: jax.Array) 
   return -(own - target) / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
 
 
+def _descend_if(targeted, value: jax.Array) -> jax.Array:
+  """-value where targeted, else value; `targeted` a bool or a traced bool scalar."""
+  if isinstance(targeted, jax.Array):
+    return jnp.where(targeted, -value, value)
+  return -value if targeted else value
+
+
 def objective(logits: jax.Array, labels: jax.Array, loss: str, targeted: bool) -> jax.Array:
   """The per-example value an attack maximises.
 
@@ -65,19 +72,19 @@ def objective(logits: jax.Array, labels: jax.Array, loss: str, targeted: bool) -
     labels: (B,) true labels (untargeted) or target labels (targeted).
     loss: "ce", "margin" or "dlr" (untargeted only; targeted DLR needs the
       true labels as well, see `targeted_dlr`).
-    targeted: descend the loss on `labels` instead of ascending it.
+    targeted: descend the loss on `labels` instead of ascending it; a bool,
+      or a traced bool scalar (one compiled attack serves both modes).
 
   Returns:
     (B,) float32.
   """
   if loss == "ce":
-    value = cross_entropy(logits, labels)
-    return -value if targeted else value
+    return _descend_if(targeted, cross_entropy(logits, labels))
   if loss == "margin":
     # Untargeted: push another class above y. Targeted: push t above all others.
-    return -margin(logits, labels) if targeted else margin(logits, labels)
+    return _descend_if(targeted, margin(logits, labels))
   if loss == "dlr":
-    if targeted:
+    if isinstance(targeted, jax.Array) or targeted:
       raise ValueError("targeted DLR needs the true labels: use targeted_dlr")
     return dlr(logits, labels)
   raise ValueError(f"loss must be one of ce, margin, dlr; got {loss!r}")

@@ -34,24 +34,51 @@ def _check_checkpoints(checkpoints) -> tuple[int, ...]:
   return tuple(values)
 
 
+class _SubsetView:
+  """The classifier seen through a subset of the batch's rows (see `subset` of
+  `pgd_trajectory_results`).
+
+  One draw applies the defense to the whole batch, the attacked rows
+  updated, and runs the model on those rows only: row i's defended image is
+  the one a whole-batch draw gives it, because a defense treats images
+  independently and draws by batch shape. Traced inside `_pgd_run` only.
+  """
+
+  def __init__(self, clf, images: jax.Array, subset: jax.Array):
+    self.clf, self.images, self.subset = clf, images, subset
+
+  def logits(self, key: jax.Array, rows: jax.Array) -> jax.Array:
+    whole = self.images.at[self.subset].set(rows)
+    return self.clf.logits_fn(self.clf.defense.fn(key, whole)[self.subset])
+
+
 @functools.partial(jax.jit, static_argnames=(
-    "clf", "checkpoints", "eot", "norm", "targeted", "use_random_start", "loss", "eot_chunk_size"))
-def _pgd_run(key, images, labels, eps, alpha, *, clf, checkpoints, eot, norm, targeted,
-             use_random_start, loss, eot_chunk_size):
-  """Runs max(checkpoints) steps; returns iterates at the checkpoints."""
+    "checkpoints", "eot", "norm", "use_random_start", "loss", "eot_chunk_size"))
+def _pgd_run(key, images, labels, eps, alpha, subset=None, *, clf, checkpoints, eot, norm,
+             targeted, use_random_start, loss, eot_chunk_size):
+  """Runs max(checkpoints) steps; returns iterates at the checkpoints.
+
+  With `subset` (int (R,)), only those rows are attacked: the others are
+  returned clean, with objective NaN and no non-finite step. `targeted` is
+  a traced bool: both modes share the compilation.
+  """
   start_key, steps_key = jax.random.split(key)
-  objective_fn = lambda logits: _losses.objective(logits, labels, loss, targeted)
   x = _common.random_start(start_key, images, eps, norm) if use_random_start else images
+  clean, goal, view = images, labels, clf
+  if subset is not None:
+    x, clean, goal, view = x[subset], images[subset], labels[subset], _SubsetView(
+        clf, images, subset)
+  objective_fn = lambda logits: _losses.objective(logits, goal, loss, targeted)
   marks = jnp.asarray(checkpoints)
-  saved = jnp.zeros((len(checkpoints),) + images.shape, images.dtype)
-  first_bad = jnp.full(images.shape[:1], -1, jnp.int32)
+  saved = jnp.zeros((len(checkpoints),) + x.shape, x.dtype)
+  first_bad = jnp.full(x.shape[:1], -1, jnp.int32)
 
   def step(i, state):
     x, saved, first_bad = state
-    _, grad = eot_value_and_grad(clf, jax.random.fold_in(steps_key, i), x, objective_fn, eot,
+    _, grad = eot_value_and_grad(view, jax.random.fold_in(steps_key, i), x, objective_fn, eot,
                                  eot_chunk_size)
     grad, first_bad = _common.finite_or_zero(grad, i, first_bad)
-    x = _common.project(x + alpha * _common.ascent_direction(grad, norm), images, eps, norm)
+    x = _common.project(x + alpha * _common.ascent_direction(grad, norm), clean, eps, norm)
     slot = jnp.searchsorted(marks, i + 1)
     saved = jax.lax.cond(marks[jnp.minimum(slot, len(checkpoints) - 1)] == i + 1,
                          lambda s: s.at[slot].set(x), lambda s: s, saved)
@@ -61,16 +88,47 @@ def _pgd_run(key, images, labels, eps, alpha, *, clf, checkpoints, eot, norm, ta
   # The objective at each returned point, EOT-averaged with a fresh key.
   final_key = jax.random.fold_in(steps_key, checkpoints[-1])
   objectives = jax.lax.map(
-      lambda x_k: eot_value(clf, final_key, x_k, objective_fn, eot, eot_chunk_size), saved)
+      lambda x_k: eot_value(view, final_key, x_k, objective_fn, eot, eot_chunk_size), saved)
+  if subset is not None:
+    saved = jnp.broadcast_to(images, (len(checkpoints),) + images.shape).at[:, subset].set(saved)
+    objectives = jnp.full((len(checkpoints),) + images.shape[:1], jnp.nan,
+                          objectives.dtype).at[:, subset].set(objectives)
+    first_bad = jnp.full(images.shape[:1], -1, jnp.int32).at[subset].set(first_bad)
   return saved, objectives, first_bad
+
+
+def _check_subset(subset, clf, batch: int):
+  """`subset` as sorted unique int32 indices into a batch of `batch`, or None."""
+  if subset is None:
+    return None
+  values = np.asarray(subset)
+  if values.ndim != 1 or values.size == 0 or not np.issubdtype(values.dtype, np.integer):
+    raise ValueError(f"subset must be a non-empty 1-D array of image indices, got shape "
+                     f"{values.shape} and dtype {values.dtype}")
+  if values.min() < 0 or values.max() >= batch or np.unique(values).size != values.size:
+    raise ValueError(f"subset must hold distinct indices in [0, {batch - 1}], got "
+                     f"{values.tolist()}")
+  if clf.stochastic_model:
+    raise ValueError("subset needs a deterministic model: a stochastic model's draws "
+                     "depend on the rows it sees; attack the whole batch instead")
+  return jnp.asarray(np.sort(values), jnp.int32)
 
 
 def pgd_trajectory_results(key, clf, images, labels, eps=8 / 255, alpha=1 / 255, steps=None,
                            eot=1, norm="inf", targeted=False, random_start=False, loss="ce", *,
                            checkpoints: Sequence[int] = (10, 20, 50, 100),
-                           eot_chunk_size: int | None = None, true_labels=None
+                           eot_chunk_size: int | None = None, true_labels=None, subset=None
                            ) -> dict[int, _common.AttackResult]:
-  """Like `pgd_trajectory`, returning an `AttackResult` per checkpoint."""
+  """Like `pgd_trajectory`, returning an `AttackResult` per checkpoint.
+
+  `subset` (int (R,) indices, or None for all) attacks only those images:
+  the others come back unchanged with objective NaN. Each attacked image
+  gets the iterates of a whole-batch attack with the same key (the defense
+  still draws for the whole batch; the model runs on the R rows only), up
+  to the last bits of a convolution that sums rows in a batch-size
+  dependent order. The sweep uses it to spare images that no success rate
+  counts (those the defended classifier gets wrong before the attack).
+  """
   checkpoints = _check_checkpoints(checkpoints)
   if steps is not None and int(steps) != checkpoints[-1]:
     raise ValueError(f"steps={steps} disagrees with max(checkpoints)={checkpoints[-1]}; "
@@ -79,13 +137,14 @@ def pgd_trajectory_results(key, clf, images, labels, eps=8 / 255, alpha=1 / 255,
       clf, images, labels, eps=eps, alpha=alpha, steps=checkpoints[-1], eot=eot, norm=norm,
       loss=loss, losses=_losses.PGD_LOSSES, targeted=targeted, true_labels=true_labels,
       eot_chunk_size=eot_chunk_size)
+  subset = _check_subset(subset, clf, images.shape[0])
   # Data-parallel over the local devices when there are several (jit
   # partitions the run from the input shardings); padding rows are dropped.
   (images, labels), batch = sharding.put_batch(images, labels)
-  (key,) = sharding.put_replicated(key)
+  key, clf, subset = sharding.put_replicated(key, clf, subset)
   saved, objectives, first_bad = _pgd_run(
-      key, images, labels, jnp.float32(eps), jnp.float32(alpha), clf=clf,
-      checkpoints=checkpoints, eot=int(eot), norm=norm, targeted=targeted,
+      key, images, labels, jnp.float32(eps), jnp.float32(alpha), subset, clf=clf,
+      checkpoints=checkpoints, eot=int(eot), norm=norm, targeted=jnp.bool_(targeted),
       use_random_start=bool(random_start), loss=loss,
       eot_chunk_size=None if eot_chunk_size is None else int(eot_chunk_size))
   saved, objectives = sharding.unpad(saved, batch, 1), sharding.unpad(objectives, batch, 1)
@@ -182,22 +241,22 @@ def pgd_trajectory(key, clf, images, labels, eps=8 / 255, alpha=1 / 255, steps=N
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "clf", "checkpoints", "eot", "norm", "targeted", "use_random_start", "loss", "eot_chunk_size"))
-def _pgd_run_batch(keys, images, labels, eps, alphas, **static):
+    "checkpoints", "eot", "norm", "use_random_start", "loss", "eot_chunk_size"))
+def _pgd_run_batch(keys, images, labels, eps, alphas, subset=None, **settings):
   """`_pgd_run` for A (key, alpha) pairs in one compiled call (vmapped over both).
 
   Pair i's iterates are those of its own `_pgd_run` call: vmap batches the
   arithmetic, it does not mix the runs. Memory is A times one run's.
   """
-  run = lambda key, alpha: _pgd_run(key, images, labels, eps, alpha, **static)
+  run = lambda key, alpha: _pgd_run(key, images, labels, eps, alpha, subset, **settings)
   return jax.vmap(run)(keys, alphas)
 
 
 def pgd_trajectory_results_batch(keys, clf, images, labels, alphas, eps=8 / 255, eot=1,
                                  norm="inf", targeted=False, random_start=False, loss="ce", *,
                                  checkpoints: Sequence[int] = (10, 20, 50, 100),
-                                 eot_chunk_size: int | None = None, true_labels=None
-                                 ) -> list[dict[int, _common.AttackResult]]:
+                                 eot_chunk_size: int | None = None, true_labels=None,
+                                 subset=None) -> list[dict[int, _common.AttackResult]]:
   """`pgd_trajectory_results` for several step sizes at once, in one compiled call.
 
   Entry i equals ``pgd_trajectory_results(keys[i], clf, images, labels, eps,
@@ -206,6 +265,7 @@ def pgd_trajectory_results_batch(keys, clf, images, labels, alphas, eps=8 / 255,
   Args:
     keys: A PRNG keys, one per step size (a key array of shape (A,)).
     alphas: A step sizes (> 0).
+    subset: as in `pgd_trajectory_results`.
     other arguments: as in `pgd`.
 
   Returns:
@@ -221,11 +281,12 @@ def pgd_trajectory_results_batch(keys, clf, images, labels, alphas, eps=8 / 255,
         clf, images, labels, eps=eps, alpha=alpha, steps=checkpoints[-1], eot=eot,
         norm=norm, loss=loss, losses=_losses.PGD_LOSSES, targeted=targeted,
         true_labels=true_labels, eot_chunk_size=eot_chunk_size)
+  subset = _check_subset(subset, clf, images.shape[0])
   (images, labels), batch = sharding.put_batch(images, labels)  # see pgd_trajectory_results
-  (keys,) = sharding.put_replicated(keys)
+  keys, clf, subset = sharding.put_replicated(keys, clf, subset)
   saved, objectives, first_bad = _pgd_run_batch(
-      keys, images, labels, jnp.float32(eps), jnp.asarray(alphas, jnp.float32), clf=clf,
-      checkpoints=checkpoints, eot=int(eot), norm=norm, targeted=targeted,
+      keys, images, labels, jnp.float32(eps), jnp.asarray(alphas, jnp.float32), subset, clf=clf,
+      checkpoints=checkpoints, eot=int(eot), norm=norm, targeted=jnp.bool_(targeted),
       use_random_start=bool(random_start), loss=loss,
       eot_chunk_size=None if eot_chunk_size is None else int(eot_chunk_size))
   saved, objectives = sharding.unpad(saved, batch, 2), sharding.unpad(objectives, batch, 2)

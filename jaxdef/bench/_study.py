@@ -43,7 +43,7 @@ from jaxdef.experiments import _sources
 from jaxdef.experiments import _sweep
 
 # SweepSpec fields that make the sweep do less work, when this jaxdef has them.
-FAST_SETTINGS = {"batch_alphas": True, "sequential_votes": True}
+FAST_SETTINGS = {"batch_alphas": True, "sequential_votes": True, "counted_only": True}
 # Settings that must not change any number (sequential votes may change a
 # vote whose margin is within the stated error).
 EXACT_SETTINGS = {"batch_alphas": True}
@@ -325,8 +325,15 @@ def jaxdef_way(study: Study, workdir: pathlib.Path, settings: dict[str, Any], *,
     # The clean vote of each pair, then every cell's vote, as actually spent.
     clean = {(r["model"], r["defense"]): r["clean_vote_forward_passes"] for r in records}
     forwards = sum(clean.values()) + sum(r["vote_forward_passes"] for r in records)
+  # Gradients computed: one trajectory of max(k) steps per unit, on the
+  # images it attacked (all of them unless counted_only spared some).
+  longest = {}
+  for r in records:
+    longest[r["unit"]] = max(longest.get(r["unit"], 0),
+                             r["k"] * r["m"] * r.get("attacked_images", num_images))
+  gradients = sum(longest.values()) if records else spec.gradient_computations(num_images)
   return {"seconds": seconds, "records": records, "settings": settings,
-          "image_gradients": spec.gradient_computations(num_images),
+          "image_gradients": gradients,
           "forward_passes": forwards if forwards is not None else spec.forward_passes(num_images)}
 
 

@@ -36,7 +36,8 @@ def sweep_spec(config, model_labels, defense_labels) -> _sweep.SweepSpec:
       votes=int(attack.votes), eot_chunk_size=attack.get("eot_chunk_size") or None,
       batch_alphas=attack.get("batch_alphas", False),
       sequential_votes=attack.get("sequential_votes", False),
-      vote_error=attack.get("vote_error", 1e-3))
+      vote_error=attack.get("vote_error", 1e-3),
+      counted_only=attack.get("counted_only", False))
 
 
 def summarize(records, workdir: pathlib.Path, title: str) -> str:

@@ -15,7 +15,7 @@ _COMMON = frozenset({"experiment", "seed", "progress", "models_dir", "data", "at
 _DATA = frozenset({"name", "source", "split", "dir", "num_images", "target_label"})
 _SWEEP_ATTACK = frozenset({"eps_255", "steps", "eots", "alphas_255", "targeted", "votes",
                            "vote_chunk_size", "eot_chunk_size", "batch_alphas",
-                           "sequential_votes", "vote_error"})
+                           "sequential_votes", "vote_error", "counted_only"})
 _THEORY = frozenset({"eps", "sigma", "k_min", "k_max", "num_k", "num_votes", "mc_samples"})
 
 # experiment -> {section: allowed fields}; the None entry lists top-level

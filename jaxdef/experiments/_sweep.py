@@ -76,6 +76,11 @@ class Unit:
     return jax.random.fold_in(root, zlib.crc32(self.name.encode()) & 0x7FFFFFFF)
 
 
+# `counted_only` attacks a multiple of this many images: sweeps whose
+# clean accuracies round to the same multiple share compiled attacks.
+SUBSET_BUCKET = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepSpec:
   """What to sweep and how to judge it.
@@ -96,6 +101,14 @@ class SweepSpec:
       at `vote_error` (`StochasticClassifier.predict_sequential`); False
       votes `votes` times on every image, as the study does.
     vote_error: error level of a sequential vote, in (0, 1).
+    counted_only: attack only the images a success rate counts (those the
+      defended classifier gets right on the clean vote; padded to a multiple
+      of `SUBSET_BUCKET` with others, to share compilations), and, with
+      sequential votes, vote only on those. Each counted image sees the
+      draws of a whole-batch attack (see `subset` of
+      `pgd_trajectory_results`), so the success counts are those of the
+      whole-batch sweep up to convolution rounding; deterministic models only
+      (a stochastic model attacks the whole batch).
   """
   models: Sequence[str]
   defenses: Sequence[str]
@@ -109,9 +122,10 @@ class SweepSpec:
   batch_alphas: bool = False
   sequential_votes: bool = False
   vote_error: float = 1e-3
+  counted_only: bool = False
 
   def __post_init__(self):
-    for name in ("batch_alphas", "sequential_votes"):
+    for name in ("batch_alphas", "sequential_votes", "counted_only"):
       if getattr(self, name) not in (True, False):
         raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
     if (isinstance(self.vote_error, bool) or not isinstance(self.vote_error, (int, float))
@@ -191,8 +205,12 @@ def finished_records(workdir: pathlib.Path, spec: SweepSpec) -> dict[str, list[d
   return done
 
 
-def vote(clf, key: jax.Array, images, spec: SweepSpec) -> tuple[np.ndarray, dict]:
+def vote(clf, key: jax.Array, images, spec: SweepSpec, skip: np.ndarray | None = None
+         ) -> tuple[np.ndarray, dict]:
   """Defended labels of `images` by the spec's vote, and what the vote cost.
+
+  `skip` (bool (B,)) marks images whose label is not needed; a sequential
+  vote spends nothing on them and labels them -1 (a full vote ignores it).
 
   Returns:
     (labels int (B,), cost): cost holds ``vote_forward_passes`` (model
@@ -206,7 +224,7 @@ def vote(clf, key: jax.Array, images, spec: SweepSpec) -> tuple[np.ndarray, dict
                     "vote_draws_mean": float(spec.votes)}
   chunk = min(SEQUENTIAL_LOOK_EVERY, clf.vote_chunk_size, spec.votes)
   labels, draws, forward_passes = clf.predict_sequential(key, images, spec.votes, chunk=chunk,
-                                                         error=spec.vote_error)
+                                                         error=spec.vote_error, skip=skip)
   return np.asarray(labels), {"vote_forward_passes": int(forward_passes),
                               "vote_draws_mean": round(float(np.mean(draws)), 3)}
 
@@ -217,6 +235,25 @@ def describe_vote(record: dict) -> str:
     return (f"sequential votes (at most {record['num_votes']} draws, each image stopping once "
             f"its label is decided at error {record['vote_error']:g})")
   return f"{record['num_votes']} votes"
+
+
+def counted_subset(spec: SweepSpec, clf, clean_labels, labels
+                   ) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """The images to attack and the vote's skip flags under `spec.counted_only`.
+
+  Returns:
+    (subset, skip): int indices of the initially correct images, padded up
+    to a multiple of `SUBSET_BUCKET` (at most B) with the first others, and
+    bool (B,) flags of the images no rate counts; (None, None) when the
+    whole batch is attacked and voted.
+  """
+  if not spec.counted_only or clf.stochastic_model:
+    return None, None
+  counted = np.asarray(clean_labels) == np.asarray(labels)
+  wanted = min(counted.size, max(SUBSET_BUCKET, -(-int(counted.sum()) // SUBSET_BUCKET)
+                                 * SUBSET_BUCKET))
+  order = np.argsort(~counted, kind="stable")  # counted images first
+  return np.sort(order[:wanted]), ~counted
 
 
 def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, labels,
@@ -281,20 +318,24 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
     options = dict(eps=spec.eps, eot=first.eot, targeted=first.targeted,
                    checkpoints=tuple(spec.checkpoints), eot_chunk_size=spec.eot_chunk_size,
                    true_labels=labels if first.targeted else None)
+    clean_labels, clean_cost = clean[pair]
+    subset, skip = counted_subset(spec, clf, clean_labels, labels)
     start = time.perf_counter()
     if spec.batch_alphas:
       trajectories = _pgd.pgd_trajectory_results_batch(
-          jax.numpy.stack(attack_keys), clf, images, goal, [u.alpha for u in units], **options)
+          jax.numpy.stack(attack_keys), clf, images, goal, [u.alpha for u in units],
+          subset=subset, **options)
     else:
       trajectories = [attacks.pgd_trajectory_results(attack_keys[0], clf, images, goal,
-                                                     alpha=first.alpha, **options)]
+                                                     alpha=first.alpha, subset=subset,
+                                                     **options)]
     # One call for all alphas: each unit's share of its time.
     attack_s = (time.perf_counter() - start) / len(units)
-    clean_labels, clean_cost = clean[pair]
     for unit, vote_key, results in zip(units, vote_keys, trajectories):
       for k, result in results.items():
         start = time.perf_counter()
-        adversarial, cost = vote(clf, jax.random.fold_in(vote_key, k), result.adversarial, spec)
+        adversarial, cost = vote(clf, jax.random.fold_in(vote_key, k), result.adversarial, spec,
+                                 skip)
         rate = attacks.success_rate(clean_labels, adversarial, labels,
                                     targets if unit.targeted else None, num_votes=spec.votes)
         record = {
@@ -305,6 +346,7 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
             "nonfinite_images": int((np.asarray(result.nonfinite_step) >= 0).sum()),
             "attack_seconds_whole_trajectory": round(attack_s, 3),
             "alphas_in_call": len(units),
+            "attacked_images": int(images.shape[0] if subset is None else len(subset)),
             "vote_seconds": round(time.perf_counter() - start, 3),
             "vote_rule": "sequential" if spec.sequential_votes else "full",
             "vote_error": spec.vote_error if spec.sequential_votes else None,

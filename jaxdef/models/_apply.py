@@ -79,12 +79,106 @@ def _prepare(model: nn.Module, variables: Any, dtype: Any) -> tuple[nn.Module, d
   return model, inference, channels
 
 
-def logits_fn(model: nn.Module, variables: Mapping[str, Any], *, dtype: Any = None) -> LogitsFn:
+class _Static:
+  """Hashable stand-in for a module that is not (a list among its fields): by identity."""
+
+  def __init__(self, value: Any):
+    self.value = value
+
+  def __hash__(self) -> int:
+    return id(self.value)
+
+  def __eq__(self, other: Any) -> bool:
+    return isinstance(other, _Static) and other.value is self.value
+
+
+def _hashable(model: nn.Module) -> Any:
+  try:
+    hash(model)
+  except TypeError:
+    return _Static(model)
+  return model
+
+
+@jax.tree_util.register_pytree_node_class
+class ModelLogits:
+  """A model's logits function whose variables are data, not code.
+
+  Calls as ``fn(images)`` (or ``fn(key, images)`` when `stochastic`). As a
+  JAX pytree its leaves are the variables and its structure is the module:
+  a compiled attack or vote that takes the classifier as an argument is
+  compiled once per architecture, and two models that differ only in their
+  weights (a base model and its fine-tuned copy) share it.
+
+  Attributes:
+    model: the Flax module (inference mode).
+    variables: {"params", "batch_stats"}.
+    channels: input channels C the first convolution takes.
+    stochastic: True for models with random layers (SAP): ``fn(key, images)``.
+  """
+
+  def __init__(self, model: nn.Module, variables: Mapping[str, Any], channels: int,
+               stochastic: bool):
+    self.model = model
+    self.variables = variables
+    self.channels = channels
+    self.stochastic = stochastic
+
+  def tree_flatten(self):
+    return (self.variables,), (_hashable(self.model), self.channels, self.stochastic)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    model, channels, stochastic = aux
+    return cls(model.value if isinstance(model, _Static) else model, children[0], channels,
+               stochastic)
+
+  def pure(self, *args: jax.Array) -> jax.Array:
+    """The traceable computation: ``pure(images)`` or ``pure(key, images)``."""
+    if self.stochastic:
+      key, images = args
+      _validate.check_key(key)
+      images = _checked_images(images, self.channels)
+      return self.model.apply(self.variables, images, train=False, rngs={"sap": key})
+    (images,) = args
+    images = _checked_images(images, self.channels)
+    return self.model.apply(self.variables, images, train=False)
+
+  def __call__(self, *args: jax.Array) -> jax.Array:
+    """Logits, float32 (B, num_classes), of images float (B, H, W, C) in [0, 1].
+
+    Called on concrete arrays it runs compiled (once per architecture and
+    shape) after checking the values; traced, it is the pure computation.
+    """
+    expected = 2 if self.stochastic else 1
+    if len(args) != expected:
+      signature = "(key, images)" if self.stochastic else "(images)"
+      raise TypeError(f"this logits function takes {signature}, got {len(args)} arguments")
+    if all(_validate.is_concrete(a) for a in args):
+      if self.stochastic:
+        _validate.check_key(args[0])
+      images = _checked_images(args[-1], self.channels)  # value checks, before compiling
+      return _compiled_logits(self, *args[:-1], images)
+    return self.pure(*args)
+
+  def __repr__(self) -> str:
+    kind = "stochastic_logits_fn" if self.stochastic else "logits_fn"
+    return f"{kind}({type(self.model).__name__}, channels={self.channels})"
+
+
+@jax.jit
+def _compiled_logits(fn: ModelLogits, *args: jax.Array) -> jax.Array:
+  return fn.pure(*args)
+
+
+def logits_fn(model: nn.Module, variables: Mapping[str, Any], *, dtype: Any = None) -> ModelLogits:
   """The pure function ``images -> logits`` of a deterministic model.
 
   BatchNorm uses the running averages (inference mode). The function is
   traceable: use it under `jax.jit`, `jax.vmap` and `jax.grad`. Called on
   concrete arrays it runs a compiled version (compiled once per shape).
+  It is a pytree whose leaves are the variables (`ModelLogits`), so compiled
+  attacks are shared by models of one architecture.
 
   Args:
     model: a `jaxdef.models` ResNet with activation "relu" or "kwta".
@@ -105,25 +199,11 @@ def logits_fn(model: nn.Module, variables: Mapping[str, Any], *, dtype: Any = No
                      "output depends on a key: use stochastic_logits_fn(model, variables), "
                      "which returns fn(key, images)")
   model, variables, channels = _prepare(model, variables, dtype)
-
-  def pure(images: jax.Array) -> jax.Array:
-    images = _checked_images(images, channels)
-    return model.apply(variables, images, train=False)
-
-  compiled = jax.jit(pure)
-
-  def fn(images: jax.Array) -> jax.Array:
-    """Logits, float32 (B, num_classes), of images float (B, H, W, C) in [0, 1]."""
-    if _validate.is_concrete(images):
-      images = _checked_images(images, channels)  # value checks, before compiling
-      return compiled(images)
-    return pure(images)
-
-  return fn
+  return ModelLogits(model, variables, channels, stochastic=False)
 
 
 def stochastic_logits_fn(model: nn.Module, variables: Mapping[str, Any], *,
-                         dtype: Any = None) -> StochasticLogitsFn:
+                         dtype: Any = None) -> ModelLogits:
   """The pure function ``(key, images) -> logits`` of a model with random layers.
 
   For SAP models: each call with a new key is an independent draw of every
@@ -143,19 +223,4 @@ def stochastic_logits_fn(model: nn.Module, variables: Mapping[str, Any], *,
     -> float32 logits (B, num_classes). Traceable (jit, vmap over keys, grad).
   """
   model, variables, channels = _prepare(model, variables, dtype)
-
-  def pure(key: jax.Array, images: jax.Array) -> jax.Array:
-    _validate.check_key(key)
-    images = _checked_images(images, channels)
-    return model.apply(variables, images, train=False, rngs={"sap": key})
-
-  compiled = jax.jit(pure)
-
-  def fn(key: jax.Array, images: jax.Array) -> jax.Array:
-    """Logits of one random draw, float32 (B, num_classes)."""
-    if _validate.is_concrete(images) and _validate.is_concrete(key):
-      _validate.check_key(key)
-      return compiled(key, _checked_images(images, channels))
-    return pure(key, images)
-
-  return fn
+  return ModelLogits(model, variables, channels, stochastic=True)
