@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from jaxdef import compile_cache
 from jaxdef import experiments
 from jaxdef import sharding
 
@@ -39,6 +40,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed
                                       "the number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed outside SLURM: this "
                                    "process, 0 to num_processes - 1.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", None, "Folder of JAX's persistent compilation cache (reruns load the "
+    "compiled attacks instead of compiling them), or 'off'. Default: "
+    "$JAXDEF_COMPILATION_CACHE, else ~/.cache/jaxdef/xla.")
 
 
 def main(argv: list[str]) -> None:
@@ -56,6 +61,7 @@ def main(argv: list[str]) -> None:
                        "--distributed")
     devices = _DEVICES.value
     sharding.set_devices(int(devices) if devices.isdigit() else devices)
+    compile_cache.enable(_COMPILATION_CACHE.value)
   except (ValueError, TypeError) as error:
     raise app.UsageError(str(error)) from None
   config = _CONFIG.value

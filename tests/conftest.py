@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,12 @@ import numpy as np
 import optax
 import pytest
 
+from jaxdef import compile_cache
 from jaxdef import data
+
+# Runs of `launch.run` in subprocesses share one persistent compilation cache
+# for the session (they compile the same attacks), never the user's own.
+os.environ.setdefault(compile_cache.ENV, tempfile.mkdtemp(prefix="jaxdef-test-xla-"))
 
 
 @dataclasses.dataclass(frozen=True)
