@@ -90,6 +90,8 @@ def test_harness_writes_json_and_markdown(tmp_path):
   study = written["study"]
   assert study["cells"] == 2 and study["units"] == 1
   assert _finite_positive(study["ratio_reference_jax"])
+  assert _finite_positive(study["ratio_reference_jax_again"])
+  assert study["jaxdef_again"]["same_counts"] is True
   assert study["reference_jax"]["image_gradients"] == 4 * (1 + 3) * 2
   assert study["success_counts"]["cells_compared"] == 2
   if HAS_TORCH:

@@ -433,6 +433,11 @@ def run_study(options: Options, config: Any, workdir: pathlib.Path, found: dict[
   ours = _study.jaxdef_way(study, workdir / "study_sweep", settings, progress=options.progress)
   log(f"study, jaxdef way ({settings or 'no fast settings in this SweepSpec'}): "
       f"{ours['seconds']:.1f} s")
+  # A rerun (the persistent compilation cache, `jaxdef.compile_cache`, gives a
+  # new process the same): every program is compiled already.
+  again = _study.jaxdef_way(study, workdir / "study_sweep_again", settings,
+                            progress=options.progress)
+  log(f"study, jaxdef way again, compiled programs reused: {again['seconds']:.1f} s")
   make_jax = lambda pair: _study.JaxReferenceEngine(study.classifiers[pair])
   reference = _study.reference_way(study, make_jax, progress=options.progress,
                                    label="reference way (JAX)")
@@ -454,13 +459,19 @@ def run_study(options: Options, config: Any, workdir: pathlib.Path, found: dict[
                  or "one trajectory per (m, alpha)",
                  "image_gradients": ours["image_gradients"],
                  "forward_passes": ours["forward_passes"]},
+      "jaxdef_again": {"seconds": again["seconds"],
+                       "same_counts": _study.compare(again["records"], ours["records"])[
+                           "cells_identical"] == len(ours["records"])},
       "reference_jax": {k: v for k, v in reference.items() if k != "records"},
       "ratio_reference_jax": reference["seconds"] / ours["seconds"],
+      "ratio_reference_jax_again": reference["seconds"] / again["seconds"],
       "success_counts": agreement,
   }
   result["reference_torch"] = _torch_study(options, study, found, log)
   if result["reference_torch"].get("seconds") is not None:
     result["ratio_reference_torch"] = result["reference_torch"]["seconds"] / ours["seconds"]
+    result["ratio_reference_torch_again"] = (result["reference_torch"]["seconds"]
+                                             / again["seconds"])
   return result
 
 

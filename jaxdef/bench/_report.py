@@ -98,11 +98,22 @@ def _study(study: dict) -> list[str]:
            f"{_fmt(torch['seconds_measured'])} s, extrapolated per m)")
     lines.append(f"| reference way, PyTorch{how} | {_fmt(torch['seconds'])} | "
                  f"{torch['image_gradients_all']:,} | {torch['forward_passes_all']:,} | - |")
-  lines.append(f"| jaxdef (`run_sweep`, {ours['settings_text']}) | {_fmt(ours['seconds'])} | "
-               f"{ours['image_gradients']:,} | {ours['forward_passes']:,} | - |")
-  lines += ["", f"- reference way (JAX) / jaxdef: **{_fmt(study['ratio_reference_jax'])}x**"]
+  lines.append(f"| jaxdef (`run_sweep`, {ours['settings_text']}), first run | "
+               f"{_fmt(ours['seconds'])} | {ours['image_gradients']:,} | "
+               f"{ours['forward_passes']:,} | - |")
+  again = study.get("jaxdef_again")
+  if again:
+    lines.append(f"| jaxdef again, compiled programs reused (a rerun with the persistent "
+                 f"compilation cache) | {_fmt(again['seconds'])} | same | same | - |")
+  lines += ["", f"- reference way (JAX) / jaxdef: **{_fmt(study['ratio_reference_jax'])}x** "
+            f"first run" + (f", {_fmt(study['ratio_reference_jax_again'])}x again" if again
+                            else "")]
   if study.get("ratio_reference_torch") is not None:
-    lines.append(f"- reference way (PyTorch) / jaxdef: **{_fmt(study['ratio_reference_torch'])}x**")
+    lines.append(f"- reference way (PyTorch) / jaxdef: **{_fmt(study['ratio_reference_torch'])}x**"
+                 f" first run" + (f", {_fmt(study['ratio_reference_torch_again'])}x again"
+                                  if again else ""))
+  if again and not again["same_counts"]:
+    lines.append("- WARNING: the second jaxdef run's success counts differ from the first's")
   if torch.get("skipped"):
     lines.append(f"- PyTorch reference way skipped: {torch['skipped']}")
   agree = study["success_counts"]
