@@ -36,11 +36,45 @@ def csv(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def rate_with_interval(record: dict[str, Any]) -> str:
-  """'62% (5/8, CI 24-91%)': a rate never printed without its denominator and CI."""
+  """'62% (5/8, 95% CI 24-91%; 50 votes, 50 gradients)': a rate never printed alone.
+
+  The denominator (initially correct images), the exact Clopper-Pearson
+  interval, the votes behind each prediction ("<= n" for a sequential vote,
+  which stops early per image) and the gradient computations per image of
+  the attack; the last two when the record holds them.
+  """
   if not record["denominator"]:
-    return "n/a (0/0 initially correct)"
-  return (f"{100 * record['rate']:.0f}% ({record['successes']}/{record['denominator']}, "
-          f"CI {100 * record['ci_low']:.0f}-{100 * record['ci_high']:.0f}%)")
+    text = "n/a (0/0 initially correct"
+  else:
+    text = (f"{100 * record['rate']:.0f}% ({record['successes']}/{record['denominator']}, "
+            f"95% CI {100 * record['ci_low']:.0f}-{100 * record['ci_high']:.0f}%")
+  cost = []
+  if record.get("num_votes") is not None:
+    sequential = record.get("vote_rule") == "sequential"
+    cost.append(f"{'<=' if sequential else ''}{record['num_votes']} votes")
+  if record.get("gradient_computations") is not None:
+    cost.append(f"{record['gradient_computations']} gradients")
+  return text + ("; " + ", ".join(cost) if cost else "") + ")"
+
+
+# A success rate as `rate_with_interval` writes it, and anything that looks like
+# the start of one ("62% (5/8"), to find rates printed without their context.
+RATE_PATTERN = (r"(?:\d+% \(\d+/\d+, 95% CI \d+-\d+%|n/a \(0/0 initially correct)"
+                r"; (?:<=)?\d+ votes, \d+ gradients\)")
+RATE_START_PATTERN = r"\d+% \(\d+/\d+|n/a \(0/0"
+
+
+def unqualified_rates(text: str) -> list[str]:
+  """The rates in `text` printed without denominator, CI, votes and gradients.
+
+  Returns:
+    Each offending snippet (empty when every rate is fully qualified).
+  """
+  import re
+
+  qualified = {m.start() for m in re.finditer(RATE_PATTERN, text)}
+  return [text[m.start():m.start() + 40] for m in re.finditer(RATE_START_PATTERN, text)
+          if m.start() not in qualified]
 
 
 def grid(records: Sequence[dict[str, Any]], rows_key: str, columns_key: str,
