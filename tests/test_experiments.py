@@ -9,6 +9,7 @@ from configs import theory as theory_config
 from jaxdef import experiments
 from jaxdef import theory
 from jaxdef.experiments import _default
+from jaxdef.reports import tables
 
 
 def test_theory_run_agrees_with_its_monte_carlo(tmp_path):
@@ -68,6 +69,7 @@ def test_default_tiny_run_writes_summary_figures_and_records(tmp_path):
   cells = 2 * 2 * len(config.attack.steps) * len(config.attack.eots) * 2
   assert len(result["records"]) == cells
   summary = (run / "summary.md").read_text()
+  assert not tables.unqualified_rates(summary)  # every rate: count, CI, votes, gradients
   assert "Does EOT help at an equal number of gradient computations?" in summary
   assert "How much robustness did trained invariance take back?" in summary
   assert "k=3 x m=1" in summary and "k=1 x m=3" in summary  # the equal-budget pair

@@ -17,6 +17,7 @@ from configs import perturbation_pictures
 from jaxdef import experiments
 from jaxdef.experiments import _invariance
 from jaxdef.experiments import _pictures
+from jaxdef.reports import tables
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,7 @@ def test_pictures_tiny_run(tmp_path, models_dir):
   for suffix in ("png", "pdf"):
     assert (run / "figures" / f"perturbations__base__smoothing_025.{suffix}").is_file()
   summary = (run / "summary.md").read_text()
+  assert not tables.unqualified_rates(summary)
   assert "k=4 x m=1" in summary and "k=2 x m=2" in summary
   assert f"/{records[0]['denominator']}" in summary and "CI" in summary
 
@@ -158,6 +160,7 @@ def test_invariance_tiny_run(tmp_path, models_dir, module):
     assert (run / "figures" / f"invariance_tradeoff.{suffix}").is_file()
     assert (run / "figures" / f"invariance_epochs.{suffix}").is_file()
   assert f"{parameter} sweep" in (run / "summary.md").read_text()
+  assert not tables.unqualified_rates((run / "summary.md").read_text())
   assert "During fine-tuning" in (run / "summary.md").read_text()
   # A rerun resumes from the records: nothing recomputed, the same numbers.
   again = experiments.run(config, tmp_path / "run")

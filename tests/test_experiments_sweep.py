@@ -29,6 +29,7 @@ from jaxdef.attacks import _pgd
 from jaxdef.experiments import _kxm
 from jaxdef.experiments import _sweep
 from jaxdef.experiments import _vote_agreement
+from jaxdef.reports import tables
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WEIGHTS = np.random.default_rng(0).normal(size=(4 * 4 * 1, 3)).astype(np.float32)
@@ -257,6 +258,7 @@ def test_tiny_config_end_to_end_writes_tables_and_figures(tmp_path):
   assert len(lines) == cells + 1 and lines[0].startswith("model,defense,targeted,k,m")
   summary = (tmp_path / "summary.md").read_text()
   assert "| k \\ m | 1 | 2 |" in summary and "CI" in summary
+  assert not tables.unqualified_rates(summary)
 
   # The agreement measurement replays the sweep: with n = 8 <= one look, the
   # sequential vote is the full vote, image for image.

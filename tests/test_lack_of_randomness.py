@@ -11,6 +11,7 @@ from conftest import train_mlp
 from jaxdef import attacks
 from jaxdef import detection
 from jaxdef.classifier import StochasticClassifier
+from jaxdef.reports import tables
 
 NUM_CLASSES = 4
 
@@ -185,6 +186,7 @@ def test_tiny_run_writes_records_table_summary_and_figure(tiny_run):
     table = list(csv.DictReader(handle))
   assert len(table) == len(records) and "gradient_computations" in table[0]
   summary = (workdir / "summary.md").read_text()
+  assert not tables.unqualified_rates(summary)
   assert "| defense | setting | k | m | k x m | success (count/denominator, 95% CI)" in summary
   assert "published EOT-3" in summary and "EOT-1 (same budget)" in summary
   assert (workdir / "figures" / "eot_vs_eot1.png").stat().st_size > 0
