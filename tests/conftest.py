@@ -15,9 +15,11 @@ import pytest
 from jaxdef import compile_cache
 from jaxdef import data
 
-# Runs of `launch.run` in subprocesses share one persistent compilation cache
-# for the session (they compile the same attacks), never the user's own.
+# The test processes (pytest-xdist workers) and the `launch.run` subprocesses
+# share one persistent compilation cache for the session, never the user's
+# own: they compile many of the same attacks and votes.
 os.environ.setdefault(compile_cache.ENV, tempfile.mkdtemp(prefix="jaxdef-test-xla-"))
+compile_cache.enable()
 
 
 @dataclasses.dataclass(frozen=True)
