@@ -14,6 +14,7 @@ from jaxdef.experiments._kxm import run_kxm_sweep
 from jaxdef.experiments._lack_of_randomness import run_lack_of_randomness
 from jaxdef.experiments._pictures import run_pictures
 from jaxdef.experiments._theory import run_theory
+from jaxdef.experiments._workdir_lock import WorkdirLock
 
 _EXPERIMENTS = {
     "default": run_default,
@@ -28,14 +29,19 @@ _EXPERIMENTS = {
 
 
 def run(config, workdir: str | os.PathLike):
-  """Runs `config.experiment` writing its records and figures to `workdir`."""
+  """Runs `config.experiment` writing its records and figures to `workdir`.
+
+  Holds ``workdir/.lock`` meanwhile: a second process on the same workdir
+  stops with a message naming this one (see `_workdir_lock`).
+  """
   name = config.get("experiment")
   if name not in _EXPERIMENTS:
     raise ValueError(f"config.experiment must be one of {', '.join(sorted(_EXPERIMENTS))}; "
                      f"got {name!r}")
   _schema.check_fields(config)
-  run_dir = _records.start_run(config, workdir)
-  return _EXPERIMENTS[name](config, run_dir)
+  with WorkdirLock(workdir):
+    run_dir = _records.start_run(config, workdir)
+    return _EXPERIMENTS[name](config, run_dir)
 
 
 def dry_run(config) -> dict:
