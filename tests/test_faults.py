@@ -67,10 +67,14 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_released_after(tmp_path):
   with pytest.warns(RuntimeWarning, match=f"taking over the lock of pid {pid} on"):
     experiments.run(config, workdir)
   assert (workdir / "config.json").is_file() and not lock.exists()
-  _write_lock(workdir, pid="garbled")  # an unreadable owner is not presumed alive
-  with pytest.warns(RuntimeWarning, match="taking over"):
+  lock.write_text('{"pid": 12')  # cut short while being written: no owner to wait for
+  with pytest.warns(RuntimeWarning, match="taking over the lock of an unreadable lock file"):
     with _workdir_lock.WorkdirLock(workdir):
       assert json.loads(lock.read_text())["pid"] == os.getpid()
+  _write_lock(workdir, pid="garbled")  # an owner it cannot check is not presumed dead
+  with pytest.raises(RuntimeError, match="in use by pid garbled"):
+    with _workdir_lock.WorkdirLock(workdir):
+      pass
 
 
 def test_live_and_foreign_locks_are_refused(tmp_path):
