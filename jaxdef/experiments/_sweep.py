@@ -205,12 +205,15 @@ def finished_records(workdir: pathlib.Path, spec: SweepSpec) -> dict[str, list[d
   return done
 
 
-def vote(clf, key: jax.Array, images, spec: SweepSpec, skip: np.ndarray | None = None
-         ) -> tuple[np.ndarray, dict]:
+def vote(clf, key: jax.Array, images, spec: SweepSpec, skip: np.ndarray | None = None, *,
+         split: int = 1) -> tuple[np.ndarray, dict]:
   """Defended labels of `images` by the spec's vote, and what the vote cost.
 
   `skip` (bool (B,)) marks images whose label is not needed; a sequential
   vote spends nothing on them and labels them -1 (a full vote ignores it).
+  `split` >= 1 divides the memory of a pass without changing a vote: a
+  full vote evaluates vote_chunk_size / split draws at a time, a sequential
+  vote runs the model on 1 / (8 x split) of the batch at a time.
 
   Returns:
     (labels int (B,), cost): cost holds ``vote_forward_passes`` (model
@@ -219,12 +222,16 @@ def vote(clf, key: jax.Array, images, spec: SweepSpec, skip: np.ndarray | None =
   """
   batch = int(images.shape[0])
   if not spec.sequential_votes:
+    if split > 1:
+      clf = type(clf)(clf.logits_fn, clf.defense, stochastic_model=clf.stochastic_model,
+                      vote_chunk_size=max(1, clf.vote_chunk_size // split))
     labels = np.asarray(clf.predict(key, images, n=spec.votes))
     return labels, {"vote_forward_passes": spec.votes * batch,
                     "vote_draws_mean": float(spec.votes)}
   chunk = min(SEQUENTIAL_LOOK_EVERY, clf.vote_chunk_size, spec.votes)
   labels, draws, forward_passes = clf.predict_sequential(key, images, spec.votes, chunk=chunk,
-                                                         error=spec.vote_error, skip=skip)
+                                                         error=spec.vote_error, skip=skip,
+                                                         sub_batches=8 * split)
   return np.asarray(labels), {"vote_forward_passes": int(forward_passes),
                               "vote_draws_mean": round(float(np.mean(draws)), 3)}
 
@@ -235,6 +242,49 @@ def describe_vote(record: dict) -> str:
     return (f"sequential votes (at most {record['num_votes']} draws, each image stopping once "
             f"its label is decided at error {record['vote_error']:g})")
   return f"{record['num_votes']} votes"
+
+
+# What XLA says when an allocation fails (GPU or host memory).
+_OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+  """True for XLA's allocation failure (a `jax.errors.JaxRuntimeError`)."""
+  return (isinstance(error, jax.errors.JaxRuntimeError)
+          and any(marker in str(error) for marker in _OUT_OF_MEMORY))
+
+
+def with_memory_retries(run: Callable[[int], Any], first: int, last: int, *, what: str,
+                        where: str) -> tuple[Any, int, int]:
+  """``run(level)`` from `first`, doubling the level after each out-of-memory error.
+
+  The level divides the memory of one compiled call (an EOT chunk of m /
+  level draws, a vote pass of 1 / level of the images); nothing is written
+  before `run` returns, so a failed try leaves no partial cell.
+
+  Returns:
+    (result, level that fitted, retries).
+
+  Raises:
+    MemoryError: it did not fit even at `last` (names `where` and the levels
+      tried); other errors propagate unchanged.
+  """
+  level, tried = first, []
+  while True:
+    try:
+      return run(level), level, len(tried)
+    except jax.errors.JaxRuntimeError as error:
+      if not is_out_of_memory(error):
+        raise
+      tried.append(level)
+      if level >= last:
+        raise MemoryError(
+            f"{where}: out of memory at every {what} tried ({', '.join(map(str, tried))}); "
+            "attack fewer images at a time, turn batch_alphas off, or use a device with more "
+            "memory") from error
+      level = min(2 * level, last)
+      warnings.warn(f"{where}: out of memory; retrying with {what} {level}", RuntimeWarning,
+                    stacklevel=2)
 
 
 def counted_subset(spec: SweepSpec, clf, clean_labels, labels
@@ -310,7 +360,12 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
     pair = (first.model, first.defense)
     clf = classifiers[pair]
     if pair not in clean:
-      clean[pair] = vote(clf, clean_vote_key(key, pair), images, spec)
+      labels_cost, split, retries = with_memory_retries(
+          lambda split: vote(clf, clean_vote_key(key, pair), images, spec, split=split), 1,
+          max(int(images.shape[0]), clf.vote_chunk_size), what="vote split",
+          where=f"clean vote of {pair}")
+      clean[pair] = (labels_cost[0], dict(labels_cost[1], vote_split=split,
+                                           vote_oom_retries=retries))
     bar.set_postfix_str(first.name if len(units) == 1 else f"{first.name} +{len(units) - 1}",
                         refresh=False)
     attack_keys, vote_keys = zip(*(jax.random.split(unit.key(key)) for unit in units))
@@ -321,21 +376,32 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
     clean_labels, clean_cost = clean[pair]
     subset, skip = counted_subset(spec, clf, clean_labels, labels)
     start = time.perf_counter()
-    if spec.batch_alphas:
-      trajectories = _pgd.pgd_trajectory_results_batch(
-          jax.numpy.stack(attack_keys), clf, images, goal, [u.alpha for u in units],
-          subset=subset, **options)
-    else:
-      trajectories = [attacks.pgd_trajectory_results(attack_keys[0], clf, images, goal,
-                                                     alpha=first.alpha, subset=subset,
-                                                     **options)]
+
+    def attack(split: int):
+      """The group's trajectories with the EOT draws evaluated in `split` chunks."""
+      chunk = -(-(spec.eot_chunk_size or first.eot) // split)
+      settings = dict(options, eot_chunk_size=None if chunk >= first.eot else chunk)
+      if spec.batch_alphas:
+        return _pgd.pgd_trajectory_results_batch(
+            jax.numpy.stack(attack_keys), clf, images, goal, [u.alpha for u in units],
+            subset=subset, **settings), settings["eot_chunk_size"]
+      return [attacks.pgd_trajectory_results(attack_keys[0], clf, images, goal,
+                                             alpha=first.alpha, subset=subset,
+                                             **settings)], settings["eot_chunk_size"]
+
+    (trajectories, eot_chunk), _, attack_retries = with_memory_retries(
+        attack, 1, spec.eot_chunk_size or first.eot, what="EOT split",
+        where=f"attack of {first.name}" + (f" +{len(units) - 1}" if len(units) > 1 else ""))
     # One call for all alphas: each unit's share of its time.
     attack_s = (time.perf_counter() - start) / len(units)
     for unit, vote_key, results in zip(units, vote_keys, trajectories):
       for k, result in results.items():
         start = time.perf_counter()
-        adversarial, cost = vote(clf, jax.random.fold_in(vote_key, k), result.adversarial, spec,
-                                 skip)
+        (adversarial, cost), split, vote_retries = with_memory_retries(
+            lambda split: vote(clf, jax.random.fold_in(vote_key, k), result.adversarial, spec,
+                               skip, split=split), 1,
+            max(int(images.shape[0]), clf.vote_chunk_size), what="vote split",
+            where=f"vote of {unit.name} at k={k}")
         rate = attacks.success_rate(clean_labels, adversarial, labels,
                                     targets if unit.targeted else None, num_votes=spec.votes)
         record = {
@@ -347,6 +413,9 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
             "attack_seconds_whole_trajectory": round(attack_s, 3),
             "alphas_in_call": len(units),
             "attacked_images": int(images.shape[0] if subset is None else len(subset)),
+            # Out-of-memory retries (0 normally) and the sizes that fitted.
+            "eot_chunk_size_used": eot_chunk, "attack_oom_retries": attack_retries,
+            "vote_split": split, "vote_oom_retries": vote_retries,
             "vote_seconds": round(time.perf_counter() - start, 3),
             "vote_rule": "sequential" if spec.sequential_votes else "full",
             "vote_error": spec.vote_error if spec.sequential_votes else None,
