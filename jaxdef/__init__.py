@@ -7,6 +7,7 @@ start with an underscore are internal.
 """
 
 from jaxdef import attacks
+from jaxdef import checks
 from jaxdef import data
 from jaxdef import defenses
 from jaxdef import detection
@@ -24,6 +25,7 @@ __all__ = (
     "StochasticClassifier",
     "attacks",
     "bpda",
+    "checks",
     "data",
     "defenses",
     "detection",

@@ -25,14 +25,15 @@ def is_concrete(x: Any) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def check_image(image: Any, name: str = "image", rank: int = 3, *,
+def check_image(image: Any, name: str = "image", rank: int | None = 3, *,
                 range_tolerance: float = RANGE_TOLERANCE) -> jax.Array:
   """Checks an image (rank 3, HWC) or batch (rank 4, NHWC) and returns it.
 
   Args:
     image: float array with values in [0, 1].
     name: the argument's name, used in error messages.
-    rank: 3 for one HWC image, 4 for an NHWC batch.
+    rank: 3 for one HWC image, 4 for an NHWC batch, None for pixels of any
+      rank >= 1 (functions that work on one image or a batch alike).
     range_tolerance: how far values may stray outside [0, 1] (rounding by
       default; models accept defended images, e.g. unclipped noise, with a
       loose bound that still catches 8-bit input).
@@ -44,11 +45,13 @@ def check_image(image: Any, name: str = "image", rank: int = 3, *,
     ValueError: wrong rank, empty, values outside [0, 1] or not finite.
     TypeError: not a floating-point array.
   """
-  layout = {3: "HWC (height, width, channels)", 4: "NHWC (batch, height, width, channels)"}[rank]
+  layout = {3: "HWC (height, width, channels)", 4: "NHWC (batch, height, width, channels)",
+            None: "HWC or NHWC"}[rank]
   if not hasattr(image, "shape") or not hasattr(image, "dtype"):
     raise TypeError(f"{name} must be an array of shape {layout}, got {type(image).__name__}")
-  if image.ndim != rank:
-    raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {tuple(image.shape)}")
+  if (image.ndim != rank) if rank is not None else image.ndim < 1:
+    wanted = f"rank {rank}" if rank is not None else "rank >= 1"
+    raise ValueError(f"{name} must have {wanted} ({layout}), got shape {tuple(image.shape)}")
   if not jnp.issubdtype(image.dtype, jnp.floating):
     raise TypeError(
         f"{name} must be floating point with values in [0, 1], got dtype {image.dtype}; "

@@ -71,8 +71,9 @@ class StochasticClassifier:
       raise TypeError(f"stochastic_model must be True or False, got {stochastic_model!r}")
     self.stochastic_model = bool(stochastic_model)
     self.logits_fn = logits_fn
-    self.defense = defenses_core.as_defense(
-        defense if defense is not None else (lambda key, images: images), name="identity")
+    # Only the missing defense is the identity; a plain function keeps its own name.
+    self.defense = (defenses_core.as_defense(lambda key, images: images, name="identity")
+                    if defense is None else defenses_core.as_defense(defense))
     self.vote_chunk_size = int(vote_chunk_size)
     self._weights_are_data = _is_array_pytree(logits_fn)
     self._num_classes = {}
@@ -113,6 +114,9 @@ class StochasticClassifier:
     Returns:
       float (B, num_classes).
     """
+    # Inside a trace only the key's and images' shapes and dtypes are checked.
+    _validate.check_key(key)
+    images = _validate.check_images(images)
     if self.stochastic_model:
       defense_key, model_key = jax.random.split(key)
       return self.logits_fn(model_key, self.defense.fn(defense_key, images))
@@ -127,8 +131,10 @@ class StochasticClassifier:
     signature = (tuple(images.shape), str(images.dtype))
     if signature not in self._num_classes:
       shape = jax.eval_shape(self.logits, jax.random.key(0), images).shape
-      if len(shape) != 2:
-        raise ValueError(f"logits_fn must return logits of shape (batch, classes), got {shape}")
+      if len(shape) != 2 or shape[0] != images.shape[0]:
+        raise ValueError(f"logits_fn must return logits of shape (batch, classes) = "
+                         f"({images.shape[0]}, classes) for images of shape "
+                         f"{tuple(images.shape)}, got {shape}")
       self._num_classes[signature] = int(shape[1])
     return self._num_classes[signature]
 
@@ -257,7 +263,9 @@ class StochasticClassifier:
 
   def _checked(self, key, images):
     _validate.check_key(key)
-    return _validate.check_images(images)
+    images = _validate.check_images(images)
+    self.num_classes(images)  # refuses a logits_fn that does not return (B, classes)
+    return images
 
 
 def aggregate(draw_logits: jax.Array, mode: str = "vote") -> jax.Array:

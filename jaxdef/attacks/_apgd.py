@@ -142,7 +142,7 @@ def apgd_result(key, clf, images, labels, eps=8 / 255, steps=200, eot=1, norm="i
   images, labels, true_labels, num_classes = _common.check_attack_args(
       clf, images, labels, eps=eps, steps=steps, eot=eot, norm=norm, loss=loss,
       losses=_losses.APGD_LOSSES, targeted=targeted, true_labels=true_labels,
-      eot_chunk_size=eot_chunk_size)
+      eot_chunk_size=eot_chunk_size, random_start=random_start)
   _validate.check_number(rho, "rho", low=0, high=1)
   _validate.check_number(momentum, "momentum", low=0, high=1)
   if loss == "dlr":

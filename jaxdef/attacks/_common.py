@@ -45,24 +45,42 @@ class AttackResult:
 
 
 def check_attack_args(clf, images, labels, *, eps, steps, eot, norm, loss, losses, targeted,
-                      true_labels=None, alpha=None, eot_chunk_size=None):
-  """Validates an attack call; returns (images, labels) as arrays."""
+                      true_labels=None, alpha=None, eot_chunk_size=None, key=None,
+                      random_start=None):
+  """Validates an attack call.
+
+  Returns:
+    (images, labels, true_labels, num_classes), the arrays as `jax.Array`.
+  """
   from jaxdef.classifier import StochasticClassifier
 
+  if key is not None:
+    _validate.check_key(key)
   if not isinstance(clf, StochasticClassifier):
     raise TypeError(f"clf must be a jaxdef.StochasticClassifier, got {type(clf).__name__}")
   images = _validate.check_images(images)
-  _validate.check_number(eps, "eps", low=0, low_inclusive=False)
-  if alpha is not None:
-    _validate.check_number(alpha, "alpha", low=0, low_inclusive=False)
+  _validate.check_choice(norm, "norm", NORMS)
+  # Pixels lie in [0, 1], so an L-inf radius or step above 1 is no constraint
+  # at all: almost always a budget written in 1/255 units (8 for 8/255).
+  # An L2 ball may exceed the cube's diameter on purpose (a ball that never binds).
+  high = 1 if norm == "inf" else None
+  hint = " (pixel units of [0, 1] images: write 8/255, not 8)" if norm == "inf" else ""
+  for name, value in (("eps", eps), ("alpha", alpha)):
+    if value is None:
+      continue
+    try:
+      _validate.check_number(value, name, low=0, high=high, low_inclusive=False)
+    except ValueError as error:
+      raise ValueError(f"{error}{hint}") from None
   _validate.check_number(steps, "steps", low=1, integer=True)
   _validate.check_number(eot, "eot", low=1, integer=True)
   if eot_chunk_size is not None:
     _validate.check_number(eot_chunk_size, "eot_chunk_size", low=1, integer=True)
-  _validate.check_choice(norm, "norm", NORMS)
   _validate.check_choice(loss, "loss", losses)
   if not isinstance(targeted, bool):
     raise TypeError(f"targeted must be True or False, got {targeted!r}")
+  if random_start is not None and not isinstance(random_start, (bool, np.bool_)):
+    raise TypeError(f"random_start must be True or False, got {random_start!r}")
   num_classes = clf.num_classes(images)
   labels = check_labels(labels, "labels", images.shape[0], num_classes)
   if true_labels is not None:

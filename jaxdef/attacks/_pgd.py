@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdef import _validate
 from jaxdef import sharding
 from jaxdef.attacks import _common
 from jaxdef.attacks import _losses
@@ -130,13 +131,15 @@ def pgd_trajectory_results(key, clf, images, labels, eps=8 / 255, alpha=1 / 255,
   counts (those the defended classifier gets wrong before the attack).
   """
   checkpoints = _check_checkpoints(checkpoints)
+  if steps is not None:
+    _validate.check_number(steps, "steps", low=1, integer=True)
   if steps is not None and int(steps) != checkpoints[-1]:
     raise ValueError(f"steps={steps} disagrees with max(checkpoints)={checkpoints[-1]}; "
                      "leave steps out for a trajectory")
   images, labels, _, _ = _common.check_attack_args(
       clf, images, labels, eps=eps, alpha=alpha, steps=checkpoints[-1], eot=eot, norm=norm,
       loss=loss, losses=_losses.PGD_LOSSES, targeted=targeted, true_labels=true_labels,
-      eot_chunk_size=eot_chunk_size)
+      eot_chunk_size=eot_chunk_size, key=key, random_start=random_start)
   subset = _check_subset(subset, clf, images.shape[0])
   # Data-parallel over the local devices when there are several (jit
   # partitions the run from the input shardings); padding rows are dropped.
@@ -175,8 +178,6 @@ def pgd_result(key, clf, images, labels, eps=8 / 255, alpha=1 / 255, steps=100, 
                norm="inf", targeted=False, random_start=False, loss="ce", *,
                eot_chunk_size: int | None = None, true_labels=None) -> _common.AttackResult:
   """Like `pgd`, returning an `AttackResult` (gradient accounting included)."""
-  from jaxdef import _validate
-
   _validate.check_number(steps, "steps", low=1, integer=True)
   return pgd_trajectory_results(
       key, clf, images, labels, eps, alpha, None, eot, norm, targeted, random_start, loss,
@@ -280,7 +281,7 @@ def pgd_trajectory_results_batch(keys, clf, images, labels, alphas, eps=8 / 255,
     images, labels, _, _ = _common.check_attack_args(
         clf, images, labels, eps=eps, alpha=alpha, steps=checkpoints[-1], eot=eot,
         norm=norm, loss=loss, losses=_losses.PGD_LOSSES, targeted=targeted,
-        true_labels=true_labels, eot_chunk_size=eot_chunk_size)
+        true_labels=true_labels, eot_chunk_size=eot_chunk_size, random_start=random_start)
   subset = _check_subset(subset, clf, images.shape[0])
   (images, labels), batch = sharding.put_batch(images, labels)  # see pgd_trajectory_results
   keys, clf, subset = sharding.put_replicated(keys, clf, subset)

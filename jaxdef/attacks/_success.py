@@ -8,6 +8,8 @@ import jax
 import numpy as np
 from scipy import stats
 
+from jaxdef import _validate
+
 
 def clopper_pearson(successes: int, trials: int, confidence: float = 0.95
                     ) -> tuple[float, float]:
@@ -71,6 +73,17 @@ def success_rate(clean_predictions, adversarial_predictions, labels, targets=Non
     num_votes: draws behind each prediction (recorded with the rate).
     confidence: of the Clopper-Pearson interval.
   """
+  _validate.check_number(num_votes, "num_votes", low=1, integer=True)
+  named = {"clean_predictions": clean_predictions,
+           "adversarial_predictions": adversarial_predictions, "labels": labels}
+  if targets is not None:
+    named["targets"] = targets
+  for name, value in named.items():
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.integer):
+      raise TypeError(f"{name} must be integer class labels, got dtype {array.dtype}")
+    if array.size == 0:
+      raise ValueError(f"{name} must not be empty: a success rate needs at least one image")
   clean, adversarial, labels = (np.asarray(a) for a in
                                 (clean_predictions, adversarial_predictions, labels))
   if not clean.shape == adversarial.shape == labels.shape or clean.ndim != 1:
@@ -98,6 +111,10 @@ def evaluate(clf, key: jax.Array, clean_images, adversarial_images, labels, targ
 
   Both predictions use `num_votes` draws with independent keys.
   """
+  _validate.check_number(num_votes, "num_votes", low=1, integer=True)
+  _validate.check_key(key)
+  _validate.check_images(clean_images, "clean_images")
+  _validate.check_images(adversarial_images, "adversarial_images")
   clean_key, adversarial_key = jax.random.split(key)
   clean = clf.predict(clean_key, clean_images, n=num_votes, mode=mode)
   adversarial = clf.predict(adversarial_key, adversarial_images, n=num_votes, mode=mode)

@@ -34,6 +34,10 @@ def _static_max_kernel_size(kernel_size: Any, max_kernel_size: int | None) -> in
           "max_kernel_size must be given (a Python int) when kernel_size is a traced value, "
           "e.g. inside jax.jit or jax.vmap"
       )
+    # The window is the kernel itself: report problems under its own name.
+    _validate.check_number(kernel_size, "kernel_size", low=1, integer=True)
+    if int(kernel_size) % 2 == 0:
+      raise ValueError(f"kernel_size must be odd, got {kernel_size}")
     max_kernel_size = int(kernel_size)
   _validate.check_number(max_kernel_size, "max_kernel_size", low=1, integer=True)
   max_kernel_size = int(max_kernel_size)

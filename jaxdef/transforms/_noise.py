@@ -164,6 +164,12 @@ def gaussian_noise(key: jax.Array, image: jax.Array, sigma: Any, *,
   Returns:
     Array of the same shape and dtype.
   """
+  _validate.check_key(key)
+  # Loose range: composed after another unclipped noise, its input may leave
+  # [0, 1] a little; 8-bit input (up to 255) is still caught.
+  image = _validate.check_image(image, rank=None, range_tolerance=16.0)
   _validate.check_number(sigma, "sigma", low=0)
+  if not isinstance(clip, bool):
+    raise TypeError(f"clip must be True or False, got {clip!r}")
   noisy = image + jnp.asarray(sigma, image.dtype) * jax.random.normal(key, image.shape, image.dtype)
   return _clip01(noisy) if clip else noisy
