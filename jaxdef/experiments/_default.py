@@ -131,6 +131,7 @@ def run_default(config, workdir: pathlib.Path) -> dict:
   _records.write_json(workdir / "accuracy.json", accuracy_rows)
 
   spec = _kxm.sweep_spec(config, logits_fns, defenses)
+  sanity_text = _kxm.sanity_checks(config, classifiers, dataset, workdir)
   records = _sweep.run_sweep(spec, classifiers, dataset.images, dataset.labels, dataset.targets,
                              jax.random.key(config.seed), workdir, progress=config.progress)
   sweep_text = _kxm.summarize(records, workdir, "k x m sweep")
@@ -158,6 +159,7 @@ def run_default(config, workdir: pathlib.Path) -> dict:
       + ", ".join(f"{m} ({config.models[m].source})" for m in model_labels)
       + f"; defenses attacked: {', '.join(defenses)}.", "",
       *findings,
+      *([sanity_text] if sanity_text else []),
       "## Accuracy on the evaluation images", "",
       tables.markdown(accuracy_rows, [("model", "model"), ("defense", "defense"),
                                       ("clean_accuracy", "clean acc."),

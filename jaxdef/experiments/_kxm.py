@@ -10,9 +10,11 @@ against steps and against gradient computations.
 from __future__ import annotations
 
 import pathlib
+import zlib
 
 import jax
 
+from jaxdef import checks
 from jaxdef.experiments import _records
 from jaxdef.experiments import _sources
 from jaxdef.experiments import _sweep
@@ -40,11 +42,61 @@ def sweep_spec(config, model_labels, defense_labels) -> _sweep.SweepSpec:
       counted_only=attack.get("counted_only", False))
 
 
-def summarize(records, workdir: pathlib.Path, title: str) -> str:
+SANITY_FILE = "sanity.json"
+SANITY_COLUMNS = [("model", "model"), ("defense", "defense"), ("random", "random across keys"),
+                  ("logits", "outputs"), ("finite_logits", "finite"),
+                  ("zero_gradients", "zero gradients"), ("single_draw", "single draw correct"),
+                  ("vote", "vote correct")]
+
+
+def sanity_checks(config, classifiers, dataset, workdir: pathlib.Path) -> str:
+  """The pre-attack sanity check of every (model, defense) pair (`jaxdef.checks`).
+
+  Runs unless ``config.sanity_check`` is False, on the evaluation images,
+  with the sweep's number of votes; writes ``workdir/sanity.json`` (one
+  record per pair) and warns about what it finds.
+
+  Returns:
+    A markdown section for summary.md ("" when switched off).
+  """
+  if not config.get("sanity_check", True):
+    return ""
+  root = jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(b"sanity") & 0x7FFFFFFF)
+  records = []
+  for (model, defense), clf in classifiers.items():
+    # A key per pair from its name: the same findings whatever the order.
+    pair_key = jax.random.fold_in(root, zlib.crc32(f"{model}/{defense}".encode()) & 0x7FFFFFFF)
+    report = checks.sanity_check(clf, pair_key, dataset.images, dataset.labels,
+                                 num_votes=int(config.attack.votes))
+    records.append({"model": model, "defense_label": defense, **report.as_dict()})
+  _records.write_json(workdir / SANITY_FILE, records)
+  rows = [{"model": r["model"], "defense": r["defense_label"],
+           "random": "undefended" if r["undefended"] else ("yes" if r["random"] else "NO"),
+           "logits": "probabilities?" if r["looks_like_probabilities"] else "logits",
+           "finite_logits": "yes" if r["finite_logits"] else "NO",
+           "zero_gradients": f"{r['zero_gradient_images']}/{r['num_images']}",
+           "single_draw": f"{r['single_draw_correct']}/{r['num_draws'] * r['num_images']} "
+                          f"({r['num_draws']} draws)",
+           "vote": f"{r['vote_correct']}/{r['num_images']} ({r['num_votes']} votes)"}
+          for r in records]
+  found = [f"- {r['model']} behind {r['defense_label']}: {message}"
+           for r in records for message in r["warnings"]]
+  return "\n".join([
+      "## Sanity check before attacking", "",
+      "Defense randomness across keys, logits (not probabilities), finite outputs, images "
+      "whose attack-objective gradient is exactly zero (gradient masking), and clean "
+      f"correct counts; details in {SANITY_FILE}.", "",
+      tables.markdown(rows, SANITY_COLUMNS), "",
+      *(found or ["No warnings."]), ""])
+
+
+def summarize(records, workdir: pathlib.Path, title: str, sanity_text: str = "") -> str:
   """Writes results.csv, the figures and summary.md; returns the summary text."""
   _records.write_atomic(workdir / "results.csv", tables.csv(records, CSV_COLUMNS))
   best = _sweep.best_alpha(records)
   lines = [f"# {title}", ""]
+  if sanity_text:
+    lines += [sanity_text, ""]
   groups = sorted({(r["model"], r["defense"], r["targeted"]) for r in best})
   for model, defense, targeted in groups:
     group = [r for r in best if (r["model"], r["defense"], r["targeted"]) == (model, defense,
@@ -72,8 +124,9 @@ def run_kxm_sweep(config, workdir: pathlib.Path) -> dict:
   defenses = _sources.build_defenses(config.defenses)
   classifiers = _sources.classifiers(config, logits_fns, defenses)
   spec = sweep_spec(config, logits_fns, defenses)
+  sanity_text = sanity_checks(config, classifiers, dataset, workdir)
   records = _sweep.run_sweep(spec, classifiers, dataset.images, dataset.labels, dataset.targets,
                              jax.random.key(config.seed), workdir, progress=config.progress)
-  summary = summarize(records, workdir, f"k x m sweep: {dataset.name}")
+  summary = summarize(records, workdir, f"k x m sweep: {dataset.name}", sanity_text)
   print(summary)
   return {"records": records, "summary": summary}
