@@ -259,6 +259,13 @@ def test_tiny_config_end_to_end_writes_tables_and_figures(tmp_path):
   summary = (tmp_path / "summary.md").read_text()
   assert "| k \\ m | 1 | 2 |" in summary and "CI" in summary
   assert not tables.unqualified_rates(summary)
+  # The pre-attack sanity check (on by default) is part of the record.
+  sanity = json.loads((tmp_path / "sanity.json").read_text())
+  assert [(r["model"], r["defense_label"]) for r in sanity] == [("untrained", "smoothing_025")]
+  assert {"random", "looks_like_probabilities", "finite_logits", "zero_gradient_fraction",
+          "single_draw_accuracy", "vote_accuracy", "num_votes", "warnings"} <= set(sanity[0])
+  assert sanity[0]["random"] and sanity[0]["num_votes"] == config.attack.votes
+  assert "## Sanity check before attacking" in summary
 
   # The agreement measurement replays the sweep: with n = 8 <= one look, the
   # sequential vote is the full vote, image for image.
