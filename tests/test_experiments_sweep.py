@@ -5,13 +5,8 @@ import collections
 import dataclasses
 import functools
 import json
-import os
 import pathlib
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import chex
 import jax
@@ -283,44 +278,6 @@ def test_tiny_config_end_to_end_writes_tables_and_figures(tmp_path):
   with pytest.raises(ValueError, match="different config \\(changed: attack.votes\\)"):
     experiments.run(config, tmp_path)
   assert (tmp_path / "results.csv").read_text() == before
-
-
-def _launch(workdir, *extra):
-  env = dict(os.environ, PYTHONPATH=str(ROOT))
-  command = [sys.executable, "-m", "launch.run", "--config=configs/kxm_sweep.py:tiny",
-             "--config.progress=False", "--config.attack.steps=(1, 2, 4)", f"--workdir={workdir}",
-             *extra]
-  return command, env
-
-
-def test_sigkill_midway_then_rerun_gives_the_uninterrupted_table(tmp_path):
-  command, env = _launch(tmp_path / "killed")
-  process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
-  records = tmp_path / "killed" / "records"
-  deadline = time.time() + 300
-  while time.time() < deadline and process.poll() is None:
-    if records.is_dir() and len(list(records.glob("*.json"))) >= 3:
-      break
-    time.sleep(0.05)
-  assert process.poll() is None, process.stderr.read().decode()[-2000:]
-  os.kill(process.pid, signal.SIGKILL)
-  process.wait()
-  partial = len(list(records.glob("*.json")))
-  assert 3 <= partial < 24
-  done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
-  command, env = _launch(tmp_path / "whole")
-  done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
-
-  def table(run):
-    rows = (tmp_path / run / "results.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    keep = [i for i, name in enumerate(header) if "seconds" not in name]
-    return [[row.split(",")[i] for i in keep] for row in rows]
-
-  assert table("killed") == table("whole")
 
 
 @pytest.mark.parametrize("variant", ["imagenet", "fashion"])

@@ -1,6 +1,7 @@
 """Faults: two processes on one workdir, stale locks, killed runs, out-of-memory retries."""
 
 import collections
+import dataclasses
 import json
 import os
 import pathlib
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -183,3 +185,124 @@ def test_out_of_memory_everywhere_stops_with_the_cell_and_writes_nothing(tmp_pat
   monkeypatch.setattr(_pgd, "pgd_trajectory_results_batch", other_failure)
   with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL: something else"):
     _sweep.run_sweep(spec, clfs, x, y, targets, jax.random.key(0), tmp_path, progress=False)
+
+
+# --- SIGKILL at random points, several times: resume loses nothing and trusts nothing partial
+
+SWEEP_CHILD = textwrap.dedent("""
+    import sys, time
+    import jax, jax.numpy as jnp, numpy as np
+    from jaxdef import compile_cache
+    compile_cache.enable()  # the test session's cache: restarts do not recompile
+    sys.path.insert(0, {tests!r})
+    import test_faults
+    spec, clfs, x, y, targets = test_faults._killable_problem()
+    from jaxdef.experiments import _sweep
+    _sweep.run_sweep(spec, clfs, x, y, targets, jax.random.key(0), sys.argv[1], progress=False,
+                     on_unit=lambda unit: time.sleep(0.15))  # slow units: time to be killed
+""")
+
+
+def _killable_problem():
+  spec, clfs, x, y, targets = _sweep_problem()
+  return (dataclasses.replace(spec, targeted=(False, True), eots=(1, 2), alphas=(0.01, 0.02, 0.04),
+                              batch_alphas=False), clfs, x, y, targets)
+
+
+def _records(workdir: pathlib.Path) -> dict[str, tuple[str, int]]:
+  """name -> (text, mtime_ns) of every record file."""
+  return {p.name: (p.read_text(), p.stat().st_mtime_ns)
+          for p in (workdir / _sweep.RECORDS_DIR).rglob("*.json")}
+
+
+def test_a_sweep_killed_three_times_resumes_to_the_uninterrupted_records(tmp_path):
+  spec, clfs, x, y, targets = _killable_problem()
+  total = len(spec.units()) * len(spec.checkpoints)
+  workdir = tmp_path / "killed"
+  command = [sys.executable, "-c", SWEEP_CHILD.format(tests=str(ROOT / "tests")), str(workdir)]
+  rng = np.random.default_rng(7)
+  seen: dict[str, tuple[str, int]] = {}
+  kills = 0
+  for _ in range(3):
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    # Kill once a random number of new records exist, a random moment later
+    # (mid-unit, mid-vote or mid-write).
+    wanted = len(seen) + int(rng.integers(1, 5))
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+      if len(list((workdir / _sweep.RECORDS_DIR).rglob("*.json"))) >= wanted:
+        break
+      time.sleep(0.01)
+    time.sleep(float(rng.uniform(0, 0.2)))
+    if process.poll() is None:
+      process.kill()
+      kills += 1
+    process.wait()
+    records = _records(workdir)
+    for name, (text, mtime) in records.items():
+      json.loads(text)  # no partial record: every file on disk is whole
+      if name in seen:  # a finished record is never rewritten
+        assert (text, mtime) == seen[name], name
+    seen = records
+  assert kills >= 2 and len(seen) < total
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  final = _records(workdir)
+  assert len(final) == total and all(final[n] == seen[n] for n in seen)
+  whole = _sweep.run_sweep(spec, clfs, x, y, targets, jax.random.key(0), tmp_path / "whole",
+                           progress=False)
+  strip = lambda r: {k: v for k, v in r.items() if "seconds" not in k}
+  resumed = {name: strip(json.loads(text)) for name, (text, _) in final.items()}
+  order = lambda records: sorted(records, key=lambda r: (r["unit"], r["k"]))
+  assert order(resumed.values()) == order(strip(r) for r in whole)
+
+
+TRAIN_CHILD = textwrap.dedent("""
+    import sys
+    import jax
+    from jaxdef import compile_cache, data, models, train
+    compile_cache.enable()
+    images, labels = data.load_fashion_mnist("train")
+    model, variables = models.small_resnet(widths=(8, 16), key=jax.random.key(0))
+    result = train.fit(model, variables, (images[:1024], labels[:1024]),
+                       (images[1024:1280], labels[1024:1280]), epochs=3, batch_size=8,
+                       learning_rate=3e-3, seed=3, progress=False, workdir=sys.argv[1])
+    models.save_variables(sys.argv[1] + "/final.msgpack", result.variables)
+""")
+
+
+def test_training_killed_mid_epoch_resumes_bit_identically(tmp_path):
+  from jaxdef import models
+  from jaxdef.train import _checkpoint
+
+  def run(workdir, kill_after_first_epoch):
+    process = subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, str(workdir)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if kill_after_first_epoch:
+      deadline = time.time() + 300
+      while time.time() < deadline and not _checkpoint.epoch_path(workdir, 1).exists():
+        time.sleep(0.01)
+      time.sleep(0.3)  # into the second epoch (128 steps of 8 images)
+      assert process.poll() is None, "training finished before it could be killed"
+      process.kill()
+      process.wait()
+      assert not (workdir / "final.msgpack").exists()
+      assert [e for e, _ in _checkpoint.list_checkpoints(workdir)] == [1]
+      return
+    _, error = process.communicate(timeout=600)
+    assert process.returncode == 0, error[-3000:]
+
+  run(tmp_path / "killed", kill_after_first_epoch=True)
+  run(tmp_path / "killed", kill_after_first_epoch=False)  # resumes from epoch 1
+  run(tmp_path / "whole", kill_after_first_epoch=False)
+  killed, whole = (models.load_variables(tmp_path / run / "final.msgpack")
+                   for run in ("killed", "whole"))
+  for a, b in zip(jax.tree.leaves(killed), jax.tree.leaves(whole)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  last = [_checkpoint.load_checkpoint(_checkpoint.epoch_path(tmp_path / run, 3))
+          for run in ("killed", "whole")]
+  for a, b in zip(jax.tree.leaves(last[0].opt_state), jax.tree.leaves(last[1].opt_state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the optimizer state too
+  strip = lambda history: [{k: v for k, v in h.items() if "seconds" not in k} for h in history]
+  assert strip(last[0].history) == strip(last[1].history)
