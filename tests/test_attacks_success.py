@@ -32,6 +32,11 @@ def test_untargeted_success_counts_only_initially_correct():
   assert rate.rate == 0.5 and rate.num_votes == 500 and not rate.targeted
   assert rate.ci_low < 0.5 < rate.ci_high
   assert "2/4 initially correct" in str(rate) and "500 votes" in str(rate)
+  assert "gradient_computations" not in rate.as_dict()  # unknown: records keep their own
+  spent = attacks.success_rate(clean, adversarial, labels, num_votes=500,
+                               gradient_computations=80)
+  assert str(spent).endswith("500 votes, 80 gradients per image)")
+  assert spent.as_dict()["gradient_computations"] == 80
 
 
 def test_targeted_success_needs_the_target_label():

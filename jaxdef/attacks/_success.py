@@ -43,6 +43,8 @@ class SuccessRate:
     rate: successes / denominator (NaN when the denominator is 0).
     ci_low, ci_high: 95% Clopper-Pearson interval of the rate.
     targeted: whether success means "labelled as the target".
+    gradient_computations: the attack's gradient computations per image
+      (k x m for PGD), when the caller gave them.
   """
   successes: int
   denominator: int
@@ -52,17 +54,26 @@ class SuccessRate:
   ci_low: float
   ci_high: float
   targeted: bool
+  gradient_computations: int | None = None
 
   def __str__(self) -> str:
+    gradients = ("" if self.gradient_computations is None
+                 else f", {self.gradient_computations} gradients per image")
     return (f"{self.rate:.1%} ({self.successes}/{self.denominator} initially correct, "
-            f"95% CI [{self.ci_low:.1%}, {self.ci_high:.1%}], {self.num_votes} votes)")
+            f"95% CI [{self.ci_low:.1%}, {self.ci_high:.1%}], {self.num_votes} votes"
+            f"{gradients})")
 
   def as_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    """The fields as a dict; gradient_computations only when known (records hold their own)."""
+    record = dataclasses.asdict(self)
+    if record["gradient_computations"] is None:
+      del record["gradient_computations"]
+    return record
 
 
 def success_rate(clean_predictions, adversarial_predictions, labels, targets=None, *,
-                 num_votes: int, confidence: float = 0.95) -> SuccessRate:
+                 num_votes: int, confidence: float = 0.95,
+                 gradient_computations: int | None = None) -> SuccessRate:
   """Success over the initially correct subset from aggregated predictions.
 
   Args:
@@ -72,6 +83,8 @@ def success_rate(clean_predictions, adversarial_predictions, labels, targets=Non
     targets: int (B,) target labels of a targeted attack, else None.
     num_votes: draws behind each prediction (recorded with the rate).
     confidence: of the Clopper-Pearson interval.
+    gradient_computations: the attack's gradient computations per image,
+      reported with the rate (optional).
   """
   _validate.check_number(num_votes, "num_votes", low=1, integer=True)
   named = {"clean_predictions": clean_predictions,
@@ -102,14 +115,19 @@ def success_rate(clean_predictions, adversarial_predictions, labels, targets=Non
   return SuccessRate(successes=successes, denominator=denominator, num_images=int(labels.size),
                      num_votes=int(num_votes),
                      rate=successes / denominator if denominator else float("nan"),
-                     ci_low=low, ci_high=high, targeted=targets is not None)
+                     ci_low=low, ci_high=high, targeted=targets is not None,
+                     gradient_computations=(None if gradient_computations is None
+                                            else int(gradient_computations)))
 
 
 def evaluate(clf, key: jax.Array, clean_images, adversarial_images, labels, targets=None, *,
-             num_votes: int = 500, mode: str = "vote") -> SuccessRate:
+             num_votes: int = 500, mode: str = "vote",
+             gradient_computations: int | None = None) -> SuccessRate:
   """Votes on clean and adversarial images and returns the success rate.
 
-  Both predictions use `num_votes` draws with independent keys.
+  Both predictions use `num_votes` draws with independent keys. Pass the
+  attack's `gradient_computations` per image (``result.strength``) to have
+  them reported with the rate.
   """
   _validate.check_number(num_votes, "num_votes", low=1, integer=True)
   _validate.check_key(key)
@@ -118,4 +136,5 @@ def evaluate(clf, key: jax.Array, clean_images, adversarial_images, labels, targ
   clean_key, adversarial_key = jax.random.split(key)
   clean = clf.predict(clean_key, clean_images, n=num_votes, mode=mode)
   adversarial = clf.predict(adversarial_key, adversarial_images, n=num_votes, mode=mode)
-  return success_rate(clean, adversarial, labels, targets, num_votes=num_votes)
+  return success_rate(clean, adversarial, labels, targets, num_votes=num_votes,
+                      gradient_computations=gradient_computations)
