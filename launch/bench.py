@@ -64,6 +64,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxdef.bench import _harness
+from jaxdef.experiments._workdir_lock import WorkdirLock
 
 _DEFAULTS = _harness.Options()
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py")
@@ -139,8 +140,9 @@ def main(argv):
         progress=_PROGRESS.value)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
-  result = _harness.run(options, _WORKDIR.value, study_config=_STUDY_CONFIG.value,
-                        command=" ".join(["python -m launch.bench", *sys.argv[1:]]))
+  with WorkdirLock(_WORKDIR.value):  # one benchmark per workdir (bench.json, study_sweep/)
+    result = _harness.run(options, _WORKDIR.value, study_config=_STUDY_CONFIG.value,
+                          command=" ".join(["python -m launch.bench", *sys.argv[1:]]))
   print(open(f"{_WORKDIR.value}/bench.md").read())
   return 0 if result else 1
 

@@ -28,6 +28,7 @@ from absl import flags
 import jaxdef as jd
 from jaxdef import train
 from jaxdef.experiments import _records
+from jaxdef.experiments._workdir_lock import WorkdirLock
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/models", "Folder of the models and the record.")
 _EPOCHS = flags.DEFINE_integer("epochs", 8, "Epochs of the clean base model.")
@@ -110,9 +111,10 @@ def run(workdir: str | pathlib.Path, *, epochs: int = 8, finetune_epochs: int = 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  run(_WORKDIR.value, epochs=_EPOCHS.value, finetune_epochs=_FINETUNE_EPOCHS.value,
-      finetune_learning_rate=_FINETUNE_LR.value, sigma=_SIGMA.value, votes=_VOTES.value,
-      vote_images=_VOTE_IMAGES.value, seed=_SEED.value)
+  with WorkdirLock(_WORKDIR.value):  # two trainings must not interleave checkpoints
+    run(_WORKDIR.value, epochs=_EPOCHS.value, finetune_epochs=_FINETUNE_EPOCHS.value,
+        finetune_learning_rate=_FINETUNE_LR.value, sigma=_SIGMA.value, votes=_VOTES.value,
+        vote_images=_VOTE_IMAGES.value, seed=_SEED.value)
 
 
 if __name__ == "__main__":

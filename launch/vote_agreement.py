@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxdef.experiments import _vote_agreement
+from jaxdef.experiments._workdir_lock import WorkdirLock
 
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Sweep config file.")
@@ -38,10 +39,13 @@ def main(argv: list[str]) -> None:
     votes = [int(n) for n in _VOTES.value]
   except ValueError:
     raise app.UsageError(f"--votes must be integers, got {_VOTES.value}") from None
-  result = _vote_agreement.measure(
-      _CONFIG.value, pathlib.Path(_WORKDIR.value), votes=votes, error=_ERROR.value,
-      chunk=_CHUNK.value, steps=_STEPS.value, baseline=_BASELINE.value,
-      progress=_CONFIG.value.get("progress", True))
+  # Writes into the run's workdir: not while that run (or another
+  # measurement) is still going.
+  with WorkdirLock(_WORKDIR.value):
+    result = _vote_agreement.measure(
+        _CONFIG.value, pathlib.Path(_WORKDIR.value), votes=votes, error=_ERROR.value,
+        chunk=_CHUNK.value, steps=_STEPS.value, baseline=_BASELINE.value,
+        progress=_CONFIG.value.get("progress", True))
   print(result["markdown"])
 
 

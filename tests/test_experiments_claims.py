@@ -24,6 +24,8 @@ WORKER = """
 import json, pathlib, sys, time
 sys.path.insert(0, {tests!r})
 import jax
+from jaxdef import compile_cache
+compile_cache.enable()  # the session's cache: the programs `single` compiled load
 from test_experiments_claims import _spec
 from test_experiments_sweep import _problem
 from jaxdef.experiments import _sweep

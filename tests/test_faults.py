@@ -67,6 +67,23 @@ def test_a_second_launch_on_a_held_workdir_stops_and_touches_nothing(tmp_path):
     holder.wait()
 
 
+def test_the_other_launchers_stop_on_a_held_workdir_too(tmp_path):
+  # Each writes its workdir (models and checkpoints, a run's vote agreement,
+  # benchmark results): all three, started together, must stop at once.
+  workdir = tmp_path / "held"
+  lock = _write_lock(workdir, pid=os.getpid())
+  before = lock.read_text()
+  launches = [subprocess.Popen([sys.executable, "-m", f"launch.{name}", f"--workdir={workdir}"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
+              for name in ("train_fashion", "vote_agreement", "bench")]
+  for launch in launches:
+    _, error = launch.communicate(timeout=300)
+    assert launch.returncode != 0
+    assert f"workdir {workdir} is in use by pid {os.getpid()}" in error, error[-2000:]
+  assert sorted(p.name for p in workdir.iterdir()) == [".lock"] and lock.read_text() == before
+
+
 def test_a_stale_lock_is_taken_over_with_a_warning_and_released_after(tmp_path):
   workdir = tmp_path / "run"
   pid = _dead_pid()
@@ -258,21 +275,25 @@ def test_a_sweep_killed_three_times_resumes_to_the_uninterrupted_records(tmp_pat
   assert order(resumed.values()) == order(strip(r) for r in whole)
 
 
+# Fine-tuning: besides the data order, every step draws the defense and the
+# validation votes draw too; all of it must come back the same after a kill.
 TRAIN_CHILD = textwrap.dedent("""
     import sys
     import jax
-    from jaxdef import compile_cache, data, models, train
+    from jaxdef import compile_cache, data, defenses, models, train
     compile_cache.enable()
     images, labels = data.load_fashion_mnist("train")
     model, variables = models.small_resnet(widths=(8, 16), key=jax.random.key(0))
-    result = train.fit(model, variables, (images[:1024], labels[:1024]),
-                       (images[1024:1280], labels[1024:1280]), epochs=3, batch_size=8,
-                       learning_rate=3e-3, seed=3, progress=False, workdir=sys.argv[1])
+    result = train.finetune(model, variables, (images[:1024], labels[:1024]),
+                            (images[1024:1280], labels[1024:1280]),
+                            defense=defenses.randomized_smoothing(0.1), val_votes=3, epochs=3,
+                            batch_size=8, learning_rate=3e-3, seed=3, progress=False,
+                            workdir=sys.argv[1])
     models.save_variables(sys.argv[1] + "/final.msgpack", result.variables)
 """)
 
 
-def test_training_killed_mid_epoch_resumes_bit_identically(tmp_path):
+def test_finetuning_killed_mid_epoch_resumes_bit_identically(tmp_path):
   from jaxdef import models
   from jaxdef.train import _checkpoint
 
@@ -294,7 +315,11 @@ def test_training_killed_mid_epoch_resumes_bit_identically(tmp_path):
     assert process.returncode == 0, error[-3000:]
 
   run(tmp_path / "killed", kill_after_first_epoch=True)
-  run(tmp_path / "killed", kill_after_first_epoch=False)  # resumes from epoch 1
+  first = _checkpoint.epoch_path(tmp_path / "killed", 1)
+  written = (first.read_bytes(), first.stat().st_mtime_ns)
+  run(tmp_path / "killed", kill_after_first_epoch=False)
+  # It resumed from epoch 1 (not from scratch, which would rewrite that checkpoint).
+  assert (first.read_bytes(), first.stat().st_mtime_ns) == written
   run(tmp_path / "whole", kill_after_first_epoch=False)
   killed, whole = (models.load_variables(tmp_path / run / "final.msgpack")
                    for run in ("killed", "whole"))
@@ -306,3 +331,5 @@ def test_training_killed_mid_epoch_resumes_bit_identically(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the optimizer state too
   strip = lambda history: [{k: v for k, v in h.items() if "seconds" not in k} for h in history]
   assert strip(last[0].history) == strip(last[1].history)
+  assert [h["epoch"] for h in last[0].history] == [1, 2, 3]
+  assert all("val_vote_accuracy" in h for h in last[0].history)  # the votes were compared
