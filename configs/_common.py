@@ -25,6 +25,17 @@ def new_config(experiment: str) -> ml_collections.ConfigDict:
   return config
 
 
+def add_sanity_check(config: ml_collections.ConfigDict) -> None:
+  """Adds ``config.sanity_check`` (on) to a config of an experiment that attacks.
+
+  The pre-attack sanity check of every (model, defense) pair (jaxdef.checks):
+  defense randomness across keys, logits not probabilities, non-zero
+  gradients, clean accuracy of one draw and of the vote; -> sanity.json and
+  a summary.md section. False skips it.
+  """
+  config.sanity_check = True
+
+
 def set_data(config: ml_collections.ConfigDict, name: str, num_images: int) -> None:
   """Fills ``config.data`` for `num_images` fixed images of dataset `name`.
 

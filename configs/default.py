@@ -21,9 +21,7 @@ from configs import theory as theory_config
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = _common.new_config("default")
-  # Pre-attack sanity check of every (model, defense) pair (jaxdef.checks):
-  # defense randomness, logits, non-zero gradients, clean accuracy; -> sanity.json.
-  config.sanity_check = True
+  _common.add_sanity_check(config)
   # Targeted attacks aim at the last class, 9 (ankle boot).
   _common.set_data(config, "fashion_mnist", num_images=100)
 

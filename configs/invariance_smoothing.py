@@ -49,6 +49,7 @@ def build(experiment: str, parameter: str, defenses: dict, variant: str
     variant: "imagenette" | "fashion" | "tiny".
   """
   config = _common.new_config(experiment)
+  _common.add_sanity_check(config)
   config.invariance = ml_collections.ConfigDict({"parameter": parameter})
   config.defenses = ml_collections.ConfigDict(defenses)
 

@@ -22,9 +22,7 @@ from configs import _common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "imagenet"
   config = _common.new_config("kxm_sweep")
-  # Pre-attack sanity check of every (model, defense) pair (jaxdef.checks):
-  # defense randomness, logits, non-zero gradients, clean accuracy; -> sanity.json.
-  config.sanity_check = True
+  _common.add_sanity_check(config)
   config.attack.eps_255 = 8.0  # L-inf budget in 1/255 units
   config.attack.steps = (10, 20, 50, 100, 200, 500, 1000)  # k, one trajectory per (m, alpha)
   config.attack.eots = (1, 5, 10, 20)  # m

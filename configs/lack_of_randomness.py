@@ -64,6 +64,7 @@ def _rows(relu: str, sap: str, kwta: str) -> dict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "imagenet"
   config = _common.new_config("lack_of_randomness")
+  _common.add_sanity_check(config)
   config.attack.eps_255 = 8.0  # L-inf budget in 1/255 units
   config.attack.alpha_255 = 1.0  # PGD step in 1/255 units, both settings
   config.attack.steps = (10, 50, 100)  # k of the published setting; EOT-1 runs k x m

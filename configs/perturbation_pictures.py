@@ -23,6 +23,7 @@ from configs import _common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "fashion"
   config = _common.new_config("perturbation_pictures")
+  _common.add_sanity_check(config)
   config.num_pictures = 4  # rows of the picture grid
   _common.set_data(config, "fashion_mnist", num_images=100)
 

@@ -140,6 +140,8 @@ class SanityReport:
     vote_correct: images the majority vote labels correctly.
     vote_accuracy: vote_correct / num_images.
     warnings: the messages of the warnings emitted.
+    warning_categories: the class name of each warning (same order), e.g.
+      "GradientMaskingWarning".
   """
   defense: str
   num_images: int
@@ -165,6 +167,7 @@ class SanityReport:
   vote_correct: int
   vote_accuracy: float
   warnings: tuple[str, ...] = ()
+  warning_categories: tuple[str, ...] = ()
 
   @property
   def random(self) -> bool:
@@ -176,6 +179,7 @@ class SanityReport:
     record = {key: (None if isinstance(value, float) and not np.isfinite(value) else value)
               for key, value in dataclasses.asdict(self).items()}
     record["warnings"] = list(self.warnings)
+    record["warning_categories"] = list(self.warning_categories)
     record["random"] = self.random
     return record
 
@@ -316,7 +320,8 @@ def sanity_check(clf, key: jax.Array, images: Any, labels: Any, *, num_votes: in
       single_draw_accuracy=single_correct / (int(num_draws) * num_images),
       num_votes=int(num_votes), vote_correct=vote_correct,
       vote_accuracy=vote_correct / num_images,
-      warnings=tuple(message for _, message in messages))
+      warnings=tuple(message for _, message in messages),
+      warning_categories=tuple(category.__name__ for category, _ in messages))
 
 
 __all__ = (

@@ -178,3 +178,50 @@ def test_sanity_check_refuses_bad_input(kwargs, error, match):
   with pytest.raises(error, match=match):
     checks.sanity_check(args.pop("clf"), args.pop("key"), args.pop("images"), args.pop("labels"),
                         **args)
+
+
+def test_experiments_record_sanity_once_and_recheck_what_they_cannot_trust(tmp_path, monkeypatch):
+  """The experiments' shared step: sanity.json written, reused on resume, a
+  corrupt file named and recomputed, a changed vote count rechecked."""
+  import ml_collections
+
+  from jaxdef.experiments import _sanity
+
+  config = ml_collections.ConfigDict({"seed": 0, "sanity_check": True})
+  quantized = jd.StochasticClassifier(lambda x: linear_logits(jnp.round(x)), None)
+  pairs = {("linear", "smoothing"): (_smoothed(), 5), ("rounded", "none"): (quantized, 3)}
+  with pytest.warns(checks.GradientMaskingWarning):
+    text = _sanity.run(config, pairs, IMAGES, LABELS, tmp_path)
+  first = json.loads((tmp_path / _sanity.SANITY_FILE).read_text())
+  assert [(r["model"], r["defense_label"], r["num_votes"]) for r in first] == [
+      ("linear", "smoothing", 5), ("rounded", "none", 3)]
+  assert first[0]["random"] and not first[0]["warnings"] and first[1]["warnings"]
+  assert "| linear | smoothing | yes |" in text and "rounded behind none: " in text
+
+  # Resumed: nothing recomputed, the recorded warning repeated.
+  def no_check(*args, **kwargs):
+    raise AssertionError("a recorded pair was checked again")
+
+  monkeypatch.setattr(_sanity.checks, "sanity_check", no_check)
+  with pytest.warns(checks.GradientMaskingWarning, match="recorded in sanity.json"):
+    assert _sanity.run(config, pairs, IMAGES, LABELS, tmp_path) == text
+  monkeypatch.undo()
+
+  # A pair with other votes is checked again; the other is kept.
+  pairs[("linear", "smoothing")] = (_smoothed(), 7)
+  with pytest.warns(checks.GradientMaskingWarning):
+    _sanity.run(config, pairs, IMAGES, LABELS, tmp_path)
+  again = json.loads((tmp_path / _sanity.SANITY_FILE).read_text())
+  assert again[0]["num_votes"] == 7 and again[1] == first[1]
+
+  # Truncated: named, then every pair recomputed to the same numbers.
+  path = tmp_path / _sanity.SANITY_FILE
+  path.write_text(path.read_text()[:50])
+  with pytest.warns(RuntimeWarning, match=f"{path}: unreadable or truncated"):
+    _sanity.run(config, pairs, IMAGES, LABELS, tmp_path)
+  assert json.loads(path.read_text()) == again
+
+  # Switched off: no check, no section.
+  config.sanity_check = False
+  monkeypatch.setattr(_sanity.checks, "sanity_check", no_check)
+  assert _sanity.run(config, pairs, IMAGES, LABELS, tmp_path) == ""

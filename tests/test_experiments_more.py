@@ -43,6 +43,16 @@ def _check_rate(record):
   assert 0 <= record["ci_low"] <= record["ci_high"] <= 1
 
 
+def _check_sanity(run, summary: str, pairs: set, votes: int) -> None:
+  """Every attacked (model, defense) pair was sanity-checked first, at the run's votes."""
+  sanity = json.loads((run / "sanity.json").read_text())
+  assert {(r["model"], r["defense_label"]) for r in sanity} == pairs
+  for record in sanity:
+    assert record["num_votes"] == votes and record["random"] and record["finite_logits"]
+    assert 0 <= record["vote_correct"] <= record["num_images"]
+  assert "## Sanity check before attacking" in summary
+
+
 def test_pictures_tiny_run(tmp_path, models_dir):
   config = _tiny(perturbation_pictures, models_dir)
   result = experiments.run(config, tmp_path / "run")
@@ -67,6 +77,8 @@ def test_pictures_tiny_run(tmp_path, models_dir):
   assert not tables.unqualified_rates(summary)
   assert "k=4 x m=1" in summary and "k=2 x m=2" in summary
   assert f"/{records[0]['denominator']}" in summary and "CI" in summary
+  _check_sanity(run, summary, {("base", label) for label in config.defenses},
+                config.attack.votes)
 
 
 def test_pictures_normalisation_and_budget_check():
@@ -162,6 +174,8 @@ def test_invariance_tiny_run(tmp_path, models_dir, module):
   assert f"{parameter} sweep" in (run / "summary.md").read_text()
   assert not tables.unqualified_rates((run / "summary.md").read_text())
   assert "During fine-tuning" in (run / "summary.md").read_text()
+  _check_sanity(run, (run / "summary.md").read_text(),
+                {(r["model"], r["defense"]) for r in records}, config.attack.votes)
   # A rerun resumes from the records: nothing recomputed, the same numbers.
   again = experiments.run(config, tmp_path / "run")
   strip = lambda rs: [{k: v for k, v in r.items() if k != "success"} for r in rs]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -191,11 +193,21 @@ def test_tiny_run_writes_records_table_summary_and_figure(tiny_run):
   assert "published EOT-3" in summary and "EOT-1 (same budget)" in summary
   assert (workdir / "figures" / "eot_vs_eot1.png").stat().st_size > 0
   assert (workdir / "figures" / "eot_vs_eot1.pdf").stat().st_size > 0
+  # Every row's attacked classifier was sanity-checked first, at the row's votes.
+  sanity = {r["defense_label"]: r for r in json.loads((workdir / "sanity.json").read_text())}
+  assert sanity.keys() == set(config.rows)
+  for label, row in config.rows.items():
+    assert sanity[label]["model"] == row.model and sanity[label]["num_votes"] == row.votes
+    # Each row's attack is random: its defense, SAP's activations, or the
+    # gradient noise k-WTA and odds-are-odd are attacked through.
+    assert sanity[label]["random"], label
+  assert "## Sanity check before attacking" in summary
 
 
 def test_rerun_skips_finished_cells(tiny_run, monkeypatch):
   from jaxdef import experiments
   from jaxdef.experiments import _lack_of_randomness
+  from jaxdef.experiments import _sanity
 
   config, workdir, result = tiny_run
   stamps = {p.name: p.stat().st_mtime_ns for p in (workdir / "records").glob("*.json")}
@@ -204,6 +216,8 @@ def test_rerun_skips_finished_cells(tiny_run, monkeypatch):
     raise AssertionError("a finished cell was recomputed")
 
   monkeypatch.setattr(_lack_of_randomness.attacks, "pgd_trajectory_results", no_attack)
+  # The sanity records of the first run are reused, not recomputed.
+  monkeypatch.setattr(_sanity.checks, "sanity_check", no_attack)
   again = experiments.run(config, workdir)
   assert again["records"] == result["records"]
   assert {p.name: p.stat().st_mtime_ns for p in (workdir / "records").glob("*.json")} == stamps

@@ -32,6 +32,7 @@ from jaxdef import StochasticClassifier
 from jaxdef import attacks
 from jaxdef import models
 from jaxdef.experiments import _records
+from jaxdef.experiments import _sanity
 from jaxdef.experiments import _sources
 from jaxdef.experiments import _sweep
 from jaxdef.reports import figures
@@ -255,6 +256,20 @@ def run_invariance(config, workdir: pathlib.Path) -> dict:
   defenses = _sources.build_defenses(config.defenses)
   root = jax.random.key(int(config.seed))
   loaded: dict = {}
+
+  def classifier(model: str, defense) -> StochasticClassifier:
+    if model not in loaded:
+      loaded[model] = _sources.load_model(model, config.models[model], config, workdir)
+    return StochasticClassifier(loaded[model], defense,
+                                vote_chunk_size=int(config.attack.vote_chunk_size))
+
+  sanity_text = ""
+  if config.get("sanity_check", True):
+    sanity_text = _sanity.run(
+        config, {(model, label): (classifier(model, defense), int(config.attack.votes))
+                 for label, defense in defenses.items()
+                 for model in (BASE, finetuned_label(label))},
+        dataset.images, dataset.labels, workdir)
   records = []
   for index, (defense_label, defense) in enumerate(defenses.items()):
     # Both models of a strength share its key: they see the same draws.
@@ -263,10 +278,7 @@ def run_invariance(config, workdir: pathlib.Path) -> dict:
       path = _cell_path(workdir, defense_label, model)
       record = _sweep.read_cell(path)
       if record is None:
-        if model not in loaded:
-          loaded[model] = _sources.load_model(model, config.models[model], config, workdir)
-        clf = StochasticClassifier(loaded[model], defense,
-                                   vote_chunk_size=int(config.attack.vote_chunk_size))
+        clf = classifier(model, defense)
         record = {"defense": defense_label, "strength": strength_of[defense_label],
                   "parameter": parameter, "model": model, "role": role,
                   **measure_cell(clf, key, dataset.images, dataset.labels, config.attack)}
@@ -296,7 +308,8 @@ def run_invariance(config, workdir: pathlib.Path) -> dict:
                                 ("invariance", "invariance"), ("vote_accuracy", "vote acc."),
                                 ("success", "APGD success"),
                                 ("robust_accuracy", "robust acc.")]), "",
-      f"![trade-off](figures/{figure.name})", ""] + _epochs_section(
+      f"![trade-off](figures/{figure.name})", "", *([sanity_text] if sanity_text else [])]
+      + _epochs_section(
           tracked, workdir, parameter, dataset.name, attack))
   _records.write_atomic(workdir / "summary.md", summary)
   print(summary)

@@ -10,12 +10,11 @@ against steps and against gradient computations.
 from __future__ import annotations
 
 import pathlib
-import zlib
 
 import jax
 
-from jaxdef import checks
 from jaxdef.experiments import _records
+from jaxdef.experiments import _sanity
 from jaxdef.experiments import _sources
 from jaxdef.experiments import _sweep
 from jaxdef.reports import figures
@@ -42,52 +41,14 @@ def sweep_spec(config, model_labels, defense_labels) -> _sweep.SweepSpec:
       counted_only=attack.get("counted_only", False))
 
 
-SANITY_FILE = "sanity.json"
-SANITY_COLUMNS = [("model", "model"), ("defense", "defense"), ("random", "random across keys"),
-                  ("logits", "outputs"), ("finite_logits", "finite"),
-                  ("zero_gradients", "zero gradients"), ("single_draw", "single draw correct"),
-                  ("vote", "vote correct")]
-
-
 def sanity_checks(config, classifiers, dataset, workdir: pathlib.Path) -> str:
-  """The pre-attack sanity check of every (model, defense) pair (`jaxdef.checks`).
+  """The pre-attack sanity check of every (model, defense) pair, at the sweep's votes.
 
-  Runs unless ``config.sanity_check`` is False, on the evaluation images,
-  with the sweep's number of votes; writes ``workdir/sanity.json`` (one
-  record per pair) and warns about what it finds.
-
-  Returns:
-    A markdown section for summary.md ("" when switched off).
+  See `_sanity.run`; returns its summary section ("" when switched off).
   """
-  if not config.get("sanity_check", True):
-    return ""
-  root = jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(b"sanity") & 0x7FFFFFFF)
-  records = []
-  for (model, defense), clf in classifiers.items():
-    # A key per pair from its name: the same findings whatever the order.
-    pair_key = jax.random.fold_in(root, zlib.crc32(f"{model}/{defense}".encode()) & 0x7FFFFFFF)
-    report = checks.sanity_check(clf, pair_key, dataset.images, dataset.labels,
-                                 num_votes=int(config.attack.votes))
-    records.append({"model": model, "defense_label": defense, **report.as_dict()})
-  _records.write_json(workdir / SANITY_FILE, records)
-  rows = [{"model": r["model"], "defense": r["defense_label"],
-           "random": "undefended" if r["undefended"] else ("yes" if r["random"] else "NO"),
-           "logits": "probabilities?" if r["looks_like_probabilities"] else "logits",
-           "finite_logits": "yes" if r["finite_logits"] else "NO",
-           "zero_gradients": f"{r['zero_gradient_images']}/{r['num_images']}",
-           "single_draw": f"{r['single_draw_correct']}/{r['num_draws'] * r['num_images']} "
-                          f"({r['num_draws']} draws)",
-           "vote": f"{r['vote_correct']}/{r['num_images']} ({r['num_votes']} votes)"}
-          for r in records]
-  found = [f"- {r['model']} behind {r['defense_label']}: {message}"
-           for r in records for message in r["warnings"]]
-  return "\n".join([
-      "## Sanity check before attacking", "",
-      "Defense randomness across keys, logits (not probabilities), finite outputs, images "
-      "whose attack-objective gradient is exactly zero (gradient masking), and clean "
-      f"correct counts; details in {SANITY_FILE}.", "",
-      tables.markdown(rows, SANITY_COLUMNS), "",
-      *(found or ["No warnings."]), ""])
+  votes = int(config.attack.votes)
+  return _sanity.run(config, {pair: (clf, votes) for pair, clf in classifiers.items()},
+                     dataset.images, dataset.labels, workdir)
 
 
 def summarize(records, workdir: pathlib.Path, title: str, sanity_text: str = "") -> str:

@@ -49,6 +49,7 @@ from jaxdef import defenses as defenses_lib
 from jaxdef import detection
 from jaxdef.classifier import StochasticClassifier
 from jaxdef.experiments import _records
+from jaxdef.experiments import _sanity
 from jaxdef.experiments import _sources
 from jaxdef.experiments import _sweep
 from jaxdef.reports import figures
@@ -202,26 +203,32 @@ class _Judge:
     return predictions, np.asarray(self.detector.flags(flag_key, images))
 
 
-def _judge_for(config, row: Row, logits_fn, dataset, key) -> _Judge:
+def _attack_classifier(config, row: Row, logits_fn) -> StochasticClassifier:
+  """The classifier the attack differentiates for `row` (its EOT draws)."""
   chunk = int(config.attack.vote_chunk_size)
   if row.defense in ("random_crop", "resize_pad"):
-    clf = StochasticClassifier(logits_fn, _preprocessing(row), vote_chunk_size=chunk)
-    return _Judge(clf, clf, row.votes)
+    return StochasticClassifier(logits_fn, _preprocessing(row), vote_chunk_size=chunk)
   if row.defense == "sap":
-    clf = StochasticClassifier(logits_fn, None, vote_chunk_size=chunk, stochastic_model=True)
-    return _Judge(clf, clf, row.votes)
-  judge = StochasticClassifier(logits_fn, None, vote_chunk_size=chunk)
+    return StochasticClassifier(logits_fn, None, vote_chunk_size=chunk, stochastic_model=True)
+  # k-WTA and odds-are-odd are attacked through Gaussian noise: for k-WTA
+  # the gradient noise that smooths its discontinuities, for odds-are-odd the
+  # noise that also moves the detector's statistic.
+  sigma = (float(row.params.get("sigma", 0.05)) if row.defense == "kwta"
+           else _odds_settings(row)["attack_sigma"])
+  return StochasticClassifier(logits_fn, defenses_lib.randomized_smoothing(sigma=sigma),
+                              vote_chunk_size=chunk)
+
+
+def _judge_for(config, row: Row, logits_fn, dataset, key) -> _Judge:
+  attack = _attack_classifier(config, row, logits_fn)
+  if row.defense in ("random_crop", "resize_pad", "sap"):
+    return _Judge(attack, attack, row.votes)
+  judge = StochasticClassifier(logits_fn, None, vote_chunk_size=int(config.attack.vote_chunk_size))
   if row.defense == "kwta":
-    sigma = float(row.params.get("sigma", 0.05))
-    attack = StochasticClassifier(logits_fn, defenses_lib.randomized_smoothing(sigma=sigma),
-                                  vote_chunk_size=chunk)
     return _Judge(attack, judge, row.votes)
   odds = _odds_settings(row)
   stats = detection.fit(key, logits_fn, _fit_images(config, dataset, odds["fit_images"]),
                         sigma=odds["sigma"], num_noise=odds["num_noise"], fpr=odds["fpr"])
-  attack = StochasticClassifier(
-      logits_fn, defenses_lib.randomized_smoothing(sigma=odds["attack_sigma"]),
-      vote_chunk_size=chunk)
   return _Judge(attack, judge, row.votes, detection.OddsDetector(logits_fn, stats))
 
 
@@ -293,7 +300,8 @@ def _setting_name(record: dict) -> str:
           else "EOT-1 (same budget)")
 
 
-def summarize(records: list[dict], workdir: pathlib.Path, title: str) -> str:
+def summarize(records: list[dict], workdir: pathlib.Path, title: str,
+              sanity_text: str = "") -> str:
   """Writes results.csv, the figure and summary.md; returns the summary text."""
   _records.write_atomic(workdir / "results.csv", tables.csv(records, CSV_COLUMNS))
   ordered = sorted(records, key=lambda r: (r["defense"], r["budget"], r["setting"] != "published"))
@@ -312,7 +320,7 @@ def summarize(records: list[dict], workdir: pathlib.Path, title: str) -> str:
            "defended classifier over the images it classified correctly before the attack; "
            "for odds-are-odd an adversarial example also has to escape the detector.", "",
            tables.markdown(rows, columns), "", f"![published EOT vs EOT-1](figures/{figure.name})",
-           ""]
+           "", *([sanity_text] if sanity_text else [])]
   summary = "\n".join(lines)
   _records.write_atomic(workdir / "summary.md", summary)
   return summary
@@ -325,7 +333,12 @@ def run_lack_of_randomness(config, workdir: pathlib.Path) -> dict:
   needed = {row.model for row in rows}
   logits_fns = {label: _sources.load_model(label, config.models[label], config, workdir)
                 for label in config.models if label in needed}
+  # Checked as attacked: k-WTA and odds-are-odd through their gradient noise.
+  sanity_text = _sanity.run(
+      config, {(row.model, row.label): (_attack_classifier(config, row, logits_fns[row.model]),
+                                        row.votes) for row in rows},
+      dataset.images, dataset.labels, workdir)
   records = run_rows(config, rows, logits_fns, dataset, workdir)
-  summary = summarize(records, workdir, f"Lack of randomness: {dataset.name}")
+  summary = summarize(records, workdir, f"Lack of randomness: {dataset.name}", sanity_text)
   print(summary)
   return {"records": records, "summary": summary}

@@ -21,6 +21,7 @@ import numpy as np
 from jaxdef import StochasticClassifier
 from jaxdef import attacks
 from jaxdef.experiments import _records
+from jaxdef.experiments import _sanity
 from jaxdef.experiments import _sources
 from jaxdef.reports import figures
 from jaxdef.reports import tables
@@ -119,35 +120,39 @@ def run_pictures(config, workdir: pathlib.Path) -> dict:
   votes = int(config.attack.votes)
   num_pictures = min(int(config.num_pictures), len(dataset.labels))
   attack_key, eval_key = jax.random.split(jax.random.key(int(config.seed)))
+  chunk = int(config.attack.vote_chunk_size)
+  classifiers = {(model, defense_label): StochasticClassifier(logits_fn, defense,
+                                                              vote_chunk_size=chunk)
+                 for model, logits_fn in logits_fns.items()
+                 for defense_label, defense in defenses.items()}
+  sanity_text = _sanity.run(config, {pair: (clf, votes) for pair, clf in classifiers.items()},
+                            dataset.images, dataset.labels, workdir)
   records, lines = [], []
-  for model, logits_fn in logits_fns.items():
-    for defense_label, defense in defenses.items():
-      clf = StochasticClassifier(logits_fn, defense,
-                                 vote_chunk_size=int(config.attack.vote_chunk_size))
-      adversarial = {}
-      for index, (k, m) in enumerate(settings):
-        result = attacks.pgd_result(
-            jax.random.fold_in(attack_key, index), clf, dataset.images,
-            dataset.labels, eps=eps, alpha=alpha, steps=k, eot=m,
-            random_start=bool(config.attack.random_start))
-        # One evaluation key for every setting: the clean votes, hence the
-        # denominators, are the same, and only the adversarial votes differ.
-        rate = attacks.evaluate(clf, eval_key, dataset.images, result.adversarial,
-                                dataset.labels, num_votes=votes)
-        delta = result.adversarial - dataset.images
-        record = {"model": model, "defense": defense_label, "k": k, "m": m, "eps": eps,
-                  "alpha": alpha, "gradient_computations": result.gradient_computations,
-                  "max_abs_delta": float(jnp.max(jnp.abs(delta))),
-                  **perturbation_stats(delta, eps), **rate.as_dict()}
-        record["success"] = tables.rate_with_interval(record)
-        records.append(record)
-        adversarial[f"k={k}, m={m}"] = np.asarray(result.adversarial[:num_pictures])
-      name = f"{model}__{defense_label}"
-      picture = picture_grid(np.asarray(dataset.images[:num_pictures]), adversarial, eps,
-                             workdir / "figures" / f"perturbations__{name}",
-                             f"{model} behind {defense_label}, eps = {config.attack.eps_255:g}"
-                             f"/255, equal budget k x m = {settings[0][0] * settings[0][1]}")
-      lines += [f"![perturbations {name}](figures/{picture.name})", ""]
+  for (model, defense_label), clf in classifiers.items():
+    adversarial = {}
+    for index, (k, m) in enumerate(settings):
+      result = attacks.pgd_result(
+          jax.random.fold_in(attack_key, index), clf, dataset.images,
+          dataset.labels, eps=eps, alpha=alpha, steps=k, eot=m,
+          random_start=bool(config.attack.random_start))
+      # One evaluation key for every setting: the clean votes, hence the
+      # denominators, are the same, and only the adversarial votes differ.
+      rate = attacks.evaluate(clf, eval_key, dataset.images, result.adversarial,
+                              dataset.labels, num_votes=votes)
+      delta = result.adversarial - dataset.images
+      record = {"model": model, "defense": defense_label, "k": k, "m": m, "eps": eps,
+                "alpha": alpha, "gradient_computations": result.gradient_computations,
+                "max_abs_delta": float(jnp.max(jnp.abs(delta))),
+                **perturbation_stats(delta, eps), **rate.as_dict()}
+      record["success"] = tables.rate_with_interval(record)
+      records.append(record)
+      adversarial[f"k={k}, m={m}"] = np.asarray(result.adversarial[:num_pictures])
+    name = f"{model}__{defense_label}"
+    picture = picture_grid(np.asarray(dataset.images[:num_pictures]), adversarial, eps,
+                           workdir / "figures" / f"perturbations__{name}",
+                           f"{model} behind {defense_label}, eps = {config.attack.eps_255:g}"
+                           f"/255, equal budget k x m = {settings[0][0] * settings[0][1]}")
+    lines += [f"![perturbations {name}](figures/{picture.name})", ""]
   _records.write_json(workdir / "records.json", records)
   summary = "\n".join([
       f"# Perturbation pictures: {dataset.name}", "",
@@ -156,7 +161,8 @@ def run_pictures(config, workdir: pathlib.Path) -> dict:
       f"{', '.join(f'k={k} x m={m}' for k, m in settings)}; success over the "
       f"{len(dataset.labels)} fixed images the defended vote ({votes} votes) classified "
       f"correctly, 95% Clopper-Pearson intervals.", "",
-      tables.markdown(records, SUMMARY_COLUMNS), "", *lines])
+      tables.markdown(records, SUMMARY_COLUMNS), "", *lines,
+      *([sanity_text] if sanity_text else [])])
   _records.write_atomic(workdir / "summary.md", summary)
   print(summary)
   return {"records": records, "summary": summary}
