@@ -377,3 +377,38 @@ def test_shipped_configs_pass_the_value_check():
   for make in (_kxm, lambda: default_config.get_config(), lambda: kxm_sweep.get_config(),
                lambda: invariance_smoothing.get_config(), lambda: theory_config.get_config()):
     _schema.check_values(make())
+
+
+def _batch_attack(keys, alphas, images=IMAGES):
+  from jaxdef.attacks import _pgd
+
+  return _pgd.pgd_trajectory_results_batch(keys, CLF, images, LABELS, alphas,
+                                           checkpoints=(1,))
+
+
+@pytest.mark.parametrize("keys, alphas, images, error, match", [
+    ("not keys", (0.01, 0.02), IMAGES, TypeError, r"keys must be a jax.random key"),
+    (KEY, (0.01, 0.02), IMAGES, ValueError, r"keys must hold one PRNG key per step size.*\(2,\)"),
+    (jax.random.split(KEY, 3), (0.01, 0.02), IMAGES, ValueError,
+     r"keys must hold one PRNG key per step size.*shape \(3,\)"),
+    (jax.random.split(KEY, 0), (), IMAGES, ValueError, r"alphas must be non-empty"),
+    (jax.random.split(KEY, 2), 0.01, IMAGES, TypeError, r"alphas must be a sequence"),
+    (jax.random.split(KEY, 2), (0.01, 8), IMAGES, ValueError,
+     r"alpha must be in \(0, 1\], got 8.*write 8/255"),
+    (jax.random.split(KEY, 2), (0.01, -0.1), IMAGES, ValueError,
+     r"alpha must be in \(0, 1\], got -0.1"),
+    (jax.random.split(KEY, 2), (0.01, 0.02), IMAGES * 255, ValueError,
+     r"images values must lie in \[0, 1\]"),
+], ids=["not keys", "one key", "three keys", "no alphas", "alphas scalar", "alpha 8",
+        "alpha negative", "8-bit images"])
+def test_batched_step_sizes_are_checked_once_and_each(keys, alphas, images, error, match):
+  with pytest.raises(error, match=match):
+    _batch_attack(keys, alphas, images)
+
+
+def test_batched_step_sizes_take_raw_uint32_keys():
+  raw = jax.random.key_data(jax.random.split(KEY, 2))
+  typed = _batch_attack(jax.random.split(KEY, 2), (0.01, 0.02))
+  untyped = _batch_attack(raw, (0.01, 0.02))
+  for a in range(2):
+    np.testing.assert_array_equal(untyped[a][1].adversarial, typed[a][1].adversarial)

@@ -44,6 +44,21 @@ class AttackResult:
     return self.strength
 
 
+def check_step_size(value, norm: str, name: str = "alpha") -> None:
+  """Checks an eps or alpha: a number > 0, and <= 1 for the L-inf norm.
+
+  Pixels lie in [0, 1], so an L-inf radius or step above 1 is no constraint
+  at all: almost always a budget written in 1/255 units (8 for 8/255). An L2
+  ball may exceed the cube's diameter on purpose (a ball that never binds).
+  """
+  high = 1 if norm == "inf" else None
+  hint = " (pixel units of [0, 1] images: write 8/255, not 8)" if norm == "inf" else ""
+  try:
+    _validate.check_number(value, name, low=0, high=high, low_inclusive=False)
+  except ValueError as error:
+    raise ValueError(f"{error}{hint}") from None
+
+
 def check_attack_args(clf, images, labels, *, eps, steps, eot, norm, loss, losses, targeted,
                       true_labels=None, alpha=None, eot_chunk_size=None, key=None,
                       random_start=None):
@@ -60,18 +75,9 @@ def check_attack_args(clf, images, labels, *, eps, steps, eot, norm, loss, losse
     raise TypeError(f"clf must be a jaxdef.StochasticClassifier, got {type(clf).__name__}")
   images = _validate.check_images(images)
   _validate.check_choice(norm, "norm", NORMS)
-  # Pixels lie in [0, 1], so an L-inf radius or step above 1 is no constraint
-  # at all: almost always a budget written in 1/255 units (8 for 8/255).
-  # An L2 ball may exceed the cube's diameter on purpose (a ball that never binds).
-  high = 1 if norm == "inf" else None
-  hint = " (pixel units of [0, 1] images: write 8/255, not 8)" if norm == "inf" else ""
   for name, value in (("eps", eps), ("alpha", alpha)):
-    if value is None:
-      continue
-    try:
-      _validate.check_number(value, name, low=0, high=high, low_inclusive=False)
-    except ValueError as error:
-      raise ValueError(f"{error}{hint}") from None
+    if value is not None:
+      check_step_size(value, norm, name)
   _validate.check_number(steps, "steps", low=1, integer=True)
   _validate.check_number(eot, "eot", low=1, integer=True)
   if eot_chunk_size is not None:

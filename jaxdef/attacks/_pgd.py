@@ -273,15 +273,24 @@ def pgd_trajectory_results_batch(keys, clf, images, labels, alphas, eps=8 / 255,
     A list of A dicts {k: AttackResult}, in the order of `alphas`.
   """
   checkpoints = _check_checkpoints(checkpoints)
-  alphas = [float(alpha) for alpha in np.ravel(alphas)]
-  if not alphas or tuple(np.shape(keys)[:1]) != (len(alphas),):
-    raise ValueError(f"keys and alphas must be non-empty and of one length, got "
-                     f"{np.shape(keys)[:1]} keys and {len(alphas)} alphas")
-  for alpha in alphas:
-    images, labels, _, _ = _common.check_attack_args(
-        clf, images, labels, eps=eps, alpha=alpha, steps=checkpoints[-1], eot=eot,
-        norm=norm, loss=loss, losses=_losses.PGD_LOSSES, targeted=targeted,
-        true_labels=true_labels, eot_chunk_size=eot_chunk_size, random_start=random_start)
+  _validate.check_key(keys, "keys")
+  if isinstance(alphas, (str, bytes)) or not hasattr(alphas, "__len__"):
+    raise TypeError(f"alphas must be a sequence of step sizes (numbers > 0), got {alphas!r}")
+  alphas = list(np.ravel(np.asarray(alphas, dtype=object)))
+  key_axis = 2 if keys.dtype == jnp.uint32 else 1  # raw uint32[..., 2] keys or typed keys
+  if not alphas or keys.ndim != key_axis or keys.shape[0] != len(alphas):
+    raise ValueError(f"keys must hold one PRNG key per step size (a key array of shape "
+                     f"({len(alphas)},), e.g. jax.random.split(key, {len(alphas)})) and alphas "
+                     f"must be non-empty, got keys of shape {tuple(keys.shape)} and "
+                     f"{len(alphas)} alphas")
+  # The batch is validated once; every other step size against the same rule.
+  images, labels, _, _ = _common.check_attack_args(
+      clf, images, labels, eps=eps, alpha=alphas[0], steps=checkpoints[-1], eot=eot,
+      norm=norm, loss=loss, losses=_losses.PGD_LOSSES, targeted=targeted,
+      true_labels=true_labels, eot_chunk_size=eot_chunk_size, random_start=random_start)
+  for alpha in alphas[1:]:
+    _common.check_step_size(alpha, norm)
+  alphas = [float(alpha) for alpha in alphas]
   subset = _check_subset(subset, clf, images.shape[0])
   (images, labels), batch = sharding.put_batch(images, labels)  # see pgd_trajectory_results
   keys, clf, subset = sharding.put_replicated(keys, clf, subset)
