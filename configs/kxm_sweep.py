@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.votes = 500
   config.attack.vote_chunk_size = 100
   config.attack.eot_chunk_size = 0  # 0: all m draws at once
+  # Most images per model call of an attack step, EOT draws chunked under it;
+  # 0: no limit (GPUs). CPU caches favour a few hundred (configs/default.py).
+  config.attack.eot_rows_per_call = 0
   # All alphas of a (model, defense, target mode, m) in one vmapped call: the
   # same iterates as one run per alpha, len(alphas) times one run's memory.
   # Off for ImageNet (4 x a ResNet-50 EOT-20 run of 1,000 images), on below.
@@ -70,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.attack.alphas_255 = (1.0, 4.0)
     config.attack.votes = 100
     config.attack.batch_alphas = True
+    config.attack.eot_rows_per_call = 256  # a CPU's size (configs/default.py)
     if variant == "tiny":
       config.data.num_images = 8
       config.models = ml_collections.ConfigDict({
@@ -81,6 +85,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.attack.alphas_255 = (2.0, 8.0)
       config.attack.votes = 8
       config.attack.vote_chunk_size = 4
+      # 8 images x 2 alphas = 16 rows per draw: the m = 2 cells run one draw at a time.
+      config.attack.eot_rows_per_call = 16
   else:
     raise ValueError(f"unknown variant {variant!r} of configs/kxm_sweep.py; "
                      "allowed: imagenet, fashion, tiny")

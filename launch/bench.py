@@ -108,6 +108,9 @@ _STUDY_WORKDIR = flags.DEFINE_string("study_workdir", "",
 _STUDY_TORCH = flags.DEFINE_enum("study_torch", _DEFAULTS.study_torch,
                                  _harness.STUDY_TORCH_MODES,
                                  "PyTorch reference way: one unit per m (extrapolated), all, off.")
+_EOT_ROWS = flags.DEFINE_string(
+    "eot_rows_per_call", "auto", "Most images per model call of a jaxdef attack step, EOT "
+    "draws chunked under it: an integer (0: no limit) or auto (256 on a CPU, no limit on a GPU).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars of the study (the "
                               "per-measurement lines are always printed).")
 
@@ -127,6 +130,11 @@ def main(argv):
   except ValueError:
     raise app.UsageError(f"--eot must be comma-separated integers, got {_EOT.value}") from None
   try:
+    eot_rows = None if _EOT_ROWS.value == "auto" else int(_EOT_ROWS.value)
+  except ValueError:
+    raise app.UsageError(f"--eot_rows_per_call must be an integer >= 0 or auto, got "
+                         f"{_EOT_ROWS.value}") from None
+  try:
     options = _harness.Options(
         batch=_BATCH.value, steps=_STEPS.value, eots=eots, votes=_VOTES.value,
         vote_batch=_VOTE_BATCH.value, vote_chunk=_VOTE_CHUNK.value,
@@ -137,7 +145,7 @@ def main(argv):
         threads=_THREADS.value, repeats=_REPEATS.value, row_budget_s=_ROW_BUDGET.value,
         flops=_FLOPS.value, study=_STUDY.value, study_images=_STUDY_IMAGES.value,
         study_workdir=_STUDY_WORKDIR.value, study_torch=_STUDY_TORCH.value,
-        progress=_PROGRESS.value)
+        progress=_PROGRESS.value, eot_rows_per_call=eot_rows)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   with WorkdirLock(_WORKDIR.value):  # one benchmark per workdir (bench.json, study_sweep/)

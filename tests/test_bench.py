@@ -60,7 +60,9 @@ def _finite_positive(value) -> bool:
 
 def test_harness_writes_json_and_markdown(tmp_path):
   # Lowered FLOPs: no second compile (the compiled count is checked on a matmul below).
-  options = dataclasses.replace(TINY, eots=(2,), flops="lowered", study=True, study_images=4)
+  # 3 rows per call and a batch of 3: EOT-2 runs one draw at a time.
+  options = dataclasses.replace(TINY, eots=(2,), flops="lowered", study=True, study_images=4,
+                                eot_rows_per_call=3)
   config = _tiny_study_config(targeted=(False,), eots=(2,))
   result = _harness.run(options, tmp_path, study_config=config, command="test")
   written = json.loads((tmp_path / "bench.json").read_text())
@@ -72,6 +74,7 @@ def test_harness_writes_json_and_markdown(tmp_path):
   assert "FLOP/cycle" in written["peaks"]["cpu_nominal"]["how"]
   ours = [r for r in written["results"] if r["engine"] == "jaxdef"]
   assert [(r["kind"], r.get("eot")) for r in ours] == [("pgd", 2), ("vote", None)]
+  assert ours[0]["eot_chunk"] == 1
   for row in ours:
     rate = row["image_gradients_per_second" if row["kind"] == "pgd" else
                "forward_passes_per_second"]
@@ -98,7 +101,8 @@ def test_harness_writes_json_and_markdown(tmp_path):
     assert study["reference_torch"]["extrapolated"] and study["reference_torch"]["units_run"] == 1
     assert _finite_positive(study["ratio_reference_torch"])
   text = (tmp_path / "bench.md").read_text()
-  for heading in ("## Attack steps", "## Votes", "## Whole study", "reference way (JAX) / jaxdef"):
+  for heading in ("## Attack steps", "## Votes", "## Whole study", "reference way (JAX) / jaxdef",
+                  "| 2 (chunks of 1) |"):
     assert heading in text
   assert result["results"] == written["results"]
 
@@ -176,6 +180,8 @@ def test_options_name_the_bad_argument():
     _harness.Options(eots=(0,))
   with pytest.raises(ValueError, match="study_images must be a positive integer"):
     _harness.Options(study_images=0)
+  with pytest.raises(ValueError, match="eot_rows_per_call must be an integer >= 0"):
+    _harness.Options(eot_rows_per_call=-1)
 
 
 @needs_torch

@@ -131,8 +131,10 @@ def test_counted_only_gives_the_whole_batch_counts_for_less_work(tmp_path):
   assert counts(runs[True]) == counts(runs[False])
   denominators = {r["denominator"] for r in runs[True]}
   assert max(denominators) <= 10 and min(denominators) > 0
-  # The counted images, padded to a multiple of 8; the votes skip the rest.
-  assert {r["attacked_images"] for r in runs[True]} == {16 if max(denominators) > 8 else 8}
+  # The counted images, padded to a multiple of SUBSET_BUCKET; the votes skip the rest.
+  bucket = _sweep.SUBSET_BUCKET
+  assert {r["attacked_images"] for r in runs[True]} == {
+      max(bucket, -(-max(denominators) // bucket) * bucket)}
   assert {r["attacked_images"] for r in runs[False]} == {20}
   spent = lambda records: sum(r["vote_forward_passes"] for r in records)
   assert spent(runs[True]) < spent(runs[False])
@@ -229,6 +231,31 @@ def test_one_compilation_per_m_whatever_k_alpha_target_mode_and_model(tmp_path, 
   print(f"sequential votes: {spent} of {40 * 6 * len(records)} forward passes")
 
 
+@pytest.mark.parametrize("chunk_size, rows_limit, eot, rows, expected", [
+    (None, None, 5, 1000, 5),  # no limit: all draws at once
+    (None, 512, 5, 48, 5),  # 240 rows fit
+    (None, 512, 5, 160, 1),  # 800 rows do not; 5 has no divisor between 1 and 5
+    (None, 512, 10, 100, 5),  # the largest divisor of 10 that fits
+    (None, 512, 10, 600, 1),  # not even one draw fits: one at a time
+    (4, 512, 10, 10, 4),  # an explicit chunk size is kept when it fits
+    (8, 100, 10, 20, 5),  # and lowered to a fitting divisor when not
+])
+def test_eot_chunk_keeps_model_calls_under_the_row_limit(chunk_size, rows_limit, eot, rows,
+                                                         expected):
+  spec = _sweep.SweepSpec(models=("m",), defenses=("d",), targeted=(False,), eots=(eot,),
+                          alphas=(0.01,), checkpoints=(1,), eps=0.1, votes=1,
+                          eot_chunk_size=chunk_size, eot_rows_per_call=rows_limit)
+  assert spec.eot_chunk(eot, rows) == expected
+
+
+@pytest.mark.parametrize("field, value", [("eot_rows_per_call", 0), ("eot_rows_per_call", 2.5),
+                                          ("eot_chunk_size", True)])
+def test_sweep_spec_refuses_bad_chunk_settings(field, value):
+  with pytest.raises(ValueError, match=f"{field} must be None or an integer >= 1"):
+    _sweep.SweepSpec(models=("m",), defenses=("d",), targeted=(False,), eots=(1,),
+                     alphas=(0.01,), checkpoints=(1,), eps=0.1, votes=1, **{field: value})
+
+
 def test_best_alpha_keeps_the_highest_rate_and_the_smaller_alpha_on_ties():
   base = {"model": "m", "defense": "d", "targeted": False, "m": 1, "k": 10}
   records = [dict(base, alpha=0.01, rate=0.5), dict(base, alpha=0.02, rate=0.7),
@@ -251,6 +278,8 @@ def test_tiny_config_end_to_end_writes_tables_and_figures(tmp_path):
   assert "curves__untrained__smoothing_025__untargeted.pdf" in figures
   lines = (tmp_path / "results.csv").read_text().splitlines()
   assert len(lines) == cells + 1 and lines[0].startswith("model,defense,targeted,k,m")
+  # eot_rows_per_call = 16 and 8 images x 2 alphas per call: EOT-2 runs one draw at a time.
+  assert {(r["m"], r["eot_chunk_size_used"]) for r in result["records"]} == {(1, None), (2, 1)}
   summary = (tmp_path / "summary.md").read_text()
   assert "| k \\ m | 1 | 2 |" in summary and "CI" in summary
   assert not tables.unqualified_rates(summary)

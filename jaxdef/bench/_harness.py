@@ -24,6 +24,7 @@ import numpy as np
 from jaxdef import data
 from jaxdef import defenses
 from jaxdef import models
+from jaxdef.attacks._eot import chunk_under
 from jaxdef.bench import _device
 from jaxdef.bench import _report
 from jaxdef.bench import _study
@@ -39,6 +40,10 @@ RESNET50_MODES = ("auto", "off", "smoke", "full")
 SWITCHES = ("auto", "on", "off")
 FLOPS_MODES = ("auto", "compiled", "lowered", "off")
 STUDY_TORCH_MODES = ("sample", "all", "off")
+# Rows per model call a CPU handles best (see `jaxdef.attacks.chunk_under`):
+# torchattacks' EOTPGD calls the model once per draw on the batch, so a
+# chunked jaxdef step is the same schedule, vmapped.
+CPU_EOT_ROWS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +74,10 @@ class Options:
   study_torch: str = "sample"
   progress: bool = True
   matmul_size: int = 0  # of the measured-peak matmul; 0: 2048 on a CPU, 8192 on a GPU
+  # Most images per model call of a jaxdef attack step (EOT draws chunked
+  # under it, `jaxdef.attacks.chunk_under`); None: CPU_EOT_ROWS on a CPU, no
+  # limit on a GPU; 0: no limit.
+  eot_rows_per_call: int | None = None
 
   def __post_init__(self):
     for name in ("batch", "steps", "votes", "vote_batch", "vote_chunk", "bart_batch",
@@ -89,7 +98,8 @@ class Options:
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, got "
                          f"{getattr(self, name)!r}")
-    for name in ("resnet50_batch", "threads", "matmul_size"):
+    for name in ("resnet50_batch", "threads", "matmul_size") + (
+        ("eot_rows_per_call",) if self.eot_rows_per_call is not None else ()):
       if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
     if self.row_budget_s <= 0:
@@ -211,7 +221,9 @@ class _Bench:
     what = (f"{row['engine']} {row['kind']} {row['model_label']} {row['dtype']} "
             f"{row['defense']}")
     if row["kind"] == "pgd":
-      self.log(f"{what} m={row['eot']} batch {row['batch']} x {row['steps']} steps: "
+      chunk = (f" (chunks of {row['eot_chunk']})" if row.get("eot_chunk", row["eot"]) < row["eot"]
+               else "")
+      self.log(f"{what} m={row['eot']}{chunk} batch {row['batch']} x {row['steps']} steps: "
                f"{row['image_gradients_per_second']:,.1f} image-gradients/s "
                f"({row['seconds']:.3g} s per call, compile {row['compile_s']:.1f} s)")
     else:
@@ -248,7 +260,9 @@ class _Bench:
         flops = (None if source is None else
                  _throughput.gradient_flops(clf, x, y, compiled=source == "compiled"))
         for eot in eots:
-          row = _throughput.pgd_row(clf, x, y, eot=eot, steps=size.steps, **timing)
+          chunk = chunk_under(eot, int(x.shape[0]), self.eot_rows_per_call())
+          row = _throughput.pgd_row(clf, x, y, eot=eot, steps=size.steps, eot_chunk_size=chunk,
+                                    **timing)
           self._add(self._finish(row, "jaxdef", common, flops, peaks, source))
           if self._torch_attack_ready(model, name):
             twin = self._torch_defended(model, dtype_name)
@@ -264,6 +278,13 @@ class _Bench:
           row = _torch.vote_row(twin, model.images[:size.vote_batch], votes=size.votes,
                                 chunk=opts.vote_chunk, **timing)
           self._add(self._finish(row, "pytorch", common, None, {}))
+
+  def eot_rows_per_call(self) -> int | None:
+    """The row limit of jaxdef's attack steps (None: none), from `Options.eot_rows_per_call`."""
+    limit = self.options.eot_rows_per_call
+    if limit is None:
+      return CPU_EOT_ROWS if jax.devices()[0].platform == "cpu" else None
+    return limit or None
 
   def _torch_attack_ready(self, model: _Model, defense_name: str) -> bool:
     return (model.torch_model is not None and defense_name == "smoothing"
@@ -430,9 +451,12 @@ def run_study(options: Options, config: Any, workdir: pathlib.Path, found: dict[
   log(f"study: {len(spec.units())} units x {len(spec.checkpoints)} k on "
       f"{options.study_images} images; models: {study.models_note}")
   settings = _study.available_settings(_study.FAST_SETTINGS)
+  # What the config itself sets that shapes the work (reported, not overridden).
+  from_config = {name: getattr(spec, name) for name in ("eot_rows_per_call",)
+                 if getattr(spec, name, None) is not None}
   ours = _study.jaxdef_way(study, workdir / "study_sweep", settings, progress=options.progress)
-  log(f"study, jaxdef way ({settings or 'no fast settings in this SweepSpec'}): "
-      f"{ours['seconds']:.1f} s")
+  log(f"study, jaxdef way ({settings or 'no fast settings in this SweepSpec'}; from the "
+      f"config: {from_config or 'nothing'}): {ours['seconds']:.1f} s")
   # A rerun (the persistent compilation cache, `jaxdef.compile_cache`, gives a
   # new process the same): every program is compiled already.
   again = _study.jaxdef_way(study, workdir / "study_sweep_again", settings,
@@ -455,7 +479,9 @@ def run_study(options: Options, config: Any, workdir: pathlib.Path, found: dict[
                f"{len(spec.targeted)} target modes x m in {tuple(spec.eots)} x "
                f"{len(spec.alphas)} alphas x k in {tuple(spec.checkpoints)}"),
       "jaxdef": {"seconds": ours["seconds"], "settings": settings,
-                 "settings_text": ", ".join(f"{k}={v}" for k, v in settings.items())
+                 "from_config": from_config,
+                 "settings_text": ", ".join(f"{k}={v}" for k, v in {**settings,
+                                                                     **from_config}.items())
                  or "one trajectory per (m, alpha)",
                  "image_gradients": ours["image_gradients"],
                  "forward_passes": ours["forward_passes"]},

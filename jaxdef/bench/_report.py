@@ -48,7 +48,10 @@ def _table(rows: list[dict], kind: str) -> str:
   for ours, theirs in _paired(rows, kind):
     size = (f"{ours['batch']} x {ours['steps']}" if pgd else f"{ours['batch']} x {ours['votes']}")
     cells = [ours["model_label"], ours["dtype"], ours["defense"]]
-    cells += [str(ours["eot"]), size] if pgd else [size]
+    chunk = ours.get("eot_chunk", ours.get("eot"))
+    eot = f"{ours['eot']} (chunks of {chunk})" if pgd and chunk < ours["eot"] else str(
+        ours.get("eot"))
+    cells += [eot, size] if pgd else [size]
     cells += [_fmt(ours[rate]), _fmt(theirs[rate]) if theirs else "-",
               _fmt(ours.get("jaxdef_over_pytorch")),
               (_fmt(ours[flops] / 1e6) + (" (lowered)" if ours.get("flops_source") == "lowered"
@@ -149,7 +152,8 @@ def markdown(result: dict[str, Any]) -> str:
             tables.markdown(rows, [
                 ("engine", "engine"), ("model_label", "model"), ("dtype", "dtype"),
                 ("defense", "defense"), ("kind", "kind"), ("batch", "batch"),
-                ("steps", "steps"), ("eot", "EOT m"), ("votes", "votes"),
+                ("steps", "steps"), ("eot", "EOT m"), ("eot_chunk", "EOT chunk"),
+                ("votes", "votes"),
                 ("image_gradients_per_second", "image-gradients/s"),
                 ("forward_passes_per_second", "forward passes/s"), ("seconds", "s per call"),
                 ("compile_s", "compile s")]), ""]

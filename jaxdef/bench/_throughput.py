@@ -77,8 +77,8 @@ def forward_flops(clf: StochasticClassifier, images: jax.Array, *, compiled: boo
 
 
 def pgd_row(clf: StochasticClassifier, images: jax.Array, labels: jax.Array, *, eot: int,
-            steps: int, eps: float = 8 / 255, repeats: int = 3, budget_s: float = 20.0
-            ) -> dict[str, Any]:
+            steps: int, eps: float = 8 / 255, repeats: int = 3, budget_s: float = 20.0,
+            eot_chunk_size: int | None = None) -> dict[str, Any]:
   """Image-gradients per second of `jaxdef.attacks.pgd` with EOT-m.
 
   Args:
@@ -89,17 +89,20 @@ def pgd_row(clf: StochasticClassifier, images: jax.Array, labels: jax.Array, *, 
     steps: PGD steps per timed call.
     eps: L-inf budget; the step is eps / 4.
     repeats, budget_s: see `time_calls`.
+    eot_chunk_size: EOT draws evaluated at once (None: all m).
 
   Returns:
-    A row: kind "pgd", batch, steps, eot, timing fields and
-    ``image_gradients_per_second`` = B x steps x m / seconds.
+    A row: kind "pgd", batch, steps, eot, eot_chunk (draws at once), timing
+    fields and ``image_gradients_per_second`` = B x steps x m / seconds.
   """
+  chunk = None if eot_chunk_size is None or eot_chunk_size >= eot else int(eot_chunk_size)
   run = lambda seed: attacks.pgd(jax.random.key(seed), clf, images, labels, eps=eps,
-                                 alpha=eps / 4, steps=steps, eot=eot)
+                                 alpha=eps / 4, steps=steps, eot=eot, eot_chunk_size=chunk)
   timing = time_calls(run, repeats=repeats, budget_s=budget_s)
   gradients = images.shape[0] * steps * eot
   return {"kind": "pgd", "batch": int(images.shape[0]), "steps": int(steps), "eot": int(eot),
-          **timing, "image_gradients_per_second": gradients / timing["seconds"]}
+          "eot_chunk": chunk or int(eot), **timing,
+          "image_gradients_per_second": gradients / timing["seconds"]}
 
 
 def vote_row(clf: StochasticClassifier, images: jax.Array, *, votes: int, repeats: int = 3,

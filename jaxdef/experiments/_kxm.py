@@ -35,6 +35,7 @@ def sweep_spec(config, model_labels, defense_labels) -> _sweep.SweepSpec:
       alphas=tuple(float(a) / 255 for a in attack.alphas_255),
       checkpoints=tuple(int(k) for k in attack.steps), eps=float(attack.eps_255) / 255,
       votes=int(attack.votes), eot_chunk_size=attack.get("eot_chunk_size") or None,
+      eot_rows_per_call=attack.get("eot_rows_per_call") or None,
       batch_alphas=attack.get("batch_alphas", False),
       sequential_votes=attack.get("sequential_votes", False),
       vote_error=attack.get("vote_error", 1e-3),

@@ -19,7 +19,8 @@ _COMMON = frozenset({"experiment", "seed", "progress", "models_dir", "data", "at
 _SANITY = frozenset({"sanity_check"})
 _DATA = frozenset({"name", "source", "split", "dir", "num_images", "target_label"})
 _SWEEP_ATTACK = frozenset({"eps_255", "steps", "eots", "alphas_255", "targeted", "votes",
-                           "vote_chunk_size", "eot_chunk_size", "batch_alphas",
+                           "vote_chunk_size", "eot_chunk_size", "eot_rows_per_call",
+                           "batch_alphas",
                            "sequential_votes", "vote_error", "counted_only"})
 _THEORY = frozenset({"eps", "sigma", "k_min", "k_max", "num_k", "num_votes", "mc_samples"})
 
@@ -157,8 +158,9 @@ VALUES = {
     ("attack", "eot"): _count(),
     ("attack", "votes"): _count(),
     ("attack", "vote_chunk_size"): _count(),
-    # 0 or None: all draws at once.
+    # 0 or None: all draws at once; no row limit.
     ("attack", "eot_chunk_size"): lambda value: None if value is None else _count(0)(value),
+    ("attack", "eot_rows_per_call"): lambda value: None if value is None else _count(0)(value),
     ("attack", "invariance_draws"): _count(),
     ("attack", "targeted"): _sequence_of(_flag, "True/False"),
     ("attack", "batch_alphas"): _flag,

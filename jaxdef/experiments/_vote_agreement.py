@@ -36,6 +36,10 @@ SUMMARY_COLUMNS = [
     ("saved", "saved"), ("mean_draws", "mean draws counted")]
 
 
+def _chunk_or_none(chunk: int, eot: int) -> int | None:
+  return None if chunk >= eot else chunk
+
+
 def _batches(config, classifiers, dataset, spec, steps: str, progress: bool):
   """(kind, pair, name, vote key, images) of every batch the sweep votes on."""
   root = jax.random.key(config.seed)
@@ -50,7 +54,8 @@ def _batches(config, classifiers, dataset, spec, steps: str, progress: bool):
         classifiers[(first.model, first.defense)], dataset.images,
         dataset.targets if first.targeted else dataset.labels, [u.alpha for u in units],
         eps=spec.eps, eot=first.eot, targeted=first.targeted, checkpoints=spec.checkpoints,
-        eot_chunk_size=spec.eot_chunk_size,
+        eot_chunk_size=_chunk_or_none(spec.eot_chunk(first.eot, len(dataset.labels) * len(units)),
+                                      first.eot),
         true_labels=dataset.labels if first.targeted else None)
     for unit, (_, vote_key), results in zip(units, keys, trajectories):
       for k in kept:
