@@ -21,7 +21,7 @@ compile seconds are reported separately):
      full votes as single calls; in JAX with the sweep's own keys, and in
      PyTorch) against `run_sweep` with its fastest settings; success counts
      of the JAX reference way and jaxdef are compared cell by cell.
-About 15 minutes on an idle 2-core CPU with the defaults.
+About 15 minutes on an idle 2-core CPU with the defaults (AMD EPYC, 2026-11-23).
 
 Flags:
   --workdir: output folder (bench.json, bench.md, study_sweep/).
@@ -29,7 +29,12 @@ Flags:
     (small ResNet, randomized smoothing).
   --eot: EOT sample counts m (comma-separated).
   --votes, --vote_batch, --vote_chunk: draws per vote, images per vote,
-    draws evaluated at once.
+    draws evaluated at once (at most; see --eot_rows_per_call).
+  --eot_rows_per_call: most images per model call, both engines: jaxdef's
+    EOT draws in an attack step are chunked under it (torchattacks' EOTPGD
+    calls the model once per draw anyway) and votes evaluate at most that
+    many rows at a time; auto: 256 on a CPU (its caches), no limit on a GPU;
+    0: no limit.
   --defense: smoothing and/or bart (repeat the flag).
   --widths: small-ResNet stage widths, e.g. 8-16-32,16-32-64 (BaRT runs on
     the first only: it compiles for minutes on a CPU).

@@ -74,9 +74,9 @@ class Options:
   study_torch: str = "sample"
   progress: bool = True
   matmul_size: int = 0  # of the measured-peak matmul; 0: 2048 on a CPU, 8192 on a GPU
-  # Most images per model call of a jaxdef attack step (EOT draws chunked
-  # under it, `jaxdef.attacks.chunk_under`); None: CPU_EOT_ROWS on a CPU, no
-  # limit on a GPU; 0: no limit.
+  # Most images per model call of an attack step (EOT draws chunked under it,
+  # `jaxdef.attacks._eot.chunk_under`) and of a vote (draws per call, both
+  # engines); None: CPU_EOT_ROWS on a CPU, no limit on a GPU; 0: no limit.
   eot_rows_per_call: int | None = None
 
   def __post_init__(self):
@@ -251,7 +251,12 @@ class _Bench:
       peaks = self.peaks_for(dtype_name)
       for name in defense_names:
         size = sizes[name]
-        clf = StochasticClassifier(logits_fn, _defense(name), vote_chunk_size=opts.vote_chunk)
+        # Vote draws per call, under the same row limit as the attack steps
+        # (both engines use it: the same schedule).
+        limit = self.eot_rows_per_call()
+        vote_chunk = (opts.vote_chunk if limit is None
+                      else max(1, min(opts.vote_chunk, limit // size.vote_batch)))
+        clf = StochasticClassifier(logits_fn, _defense(name), vote_chunk_size=vote_chunk)
         x, y = jnp.asarray(model.images[:size.batch]), jnp.asarray(model.labels[:size.batch])
         votes_x = jnp.asarray(model.images[:size.vote_batch])
         source = self._flops_source(model, name)
@@ -276,7 +281,7 @@ class _Bench:
         if model.torch_model is not None and name == "smoothing":
           twin = self._torch_defended(model, dtype_name)
           row = _torch.vote_row(twin, model.images[:size.vote_batch], votes=size.votes,
-                                chunk=opts.vote_chunk, **timing)
+                                chunk=vote_chunk, **timing)
           self._add(self._finish(row, "pytorch", common, None, {}))
 
   def eot_rows_per_call(self) -> int | None:

@@ -46,7 +46,9 @@ def _table(rows: list[dict], kind: str) -> str:
             + [f"% of {p}" for p in peaks] + ["compile s (jaxdef)", "timed calls"])
   lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
   for ours, theirs in _paired(rows, kind):
-    size = (f"{ours['batch']} x {ours['steps']}" if pgd else f"{ours['batch']} x {ours['votes']}")
+    size = (f"{ours['batch']} x {ours['steps']}" if pgd else
+            f"{ours['batch']} x {ours['votes']}"
+            + (f" ({ours['vote_chunk']} at a time)" if "vote_chunk" in ours else ""))
     cells = [ours["model_label"], ours["dtype"], ours["defense"]]
     chunk = ours.get("eot_chunk", ours.get("eot"))
     eot = f"{ours['eot']} (chunks of {chunk})" if pgd and chunk < ours["eot"] else str(
@@ -153,7 +155,7 @@ def markdown(result: dict[str, Any]) -> str:
                 ("engine", "engine"), ("model_label", "model"), ("dtype", "dtype"),
                 ("defense", "defense"), ("kind", "kind"), ("batch", "batch"),
                 ("steps", "steps"), ("eot", "EOT m"), ("eot_chunk", "EOT chunk"),
-                ("votes", "votes"),
+                ("votes", "votes"), ("vote_chunk", "vote chunk"),
                 ("image_gradients_per_second", "image-gradients/s"),
                 ("forward_passes_per_second", "forward passes/s"), ("seconds", "s per call"),
                 ("compile_s", "compile s")]), ""]

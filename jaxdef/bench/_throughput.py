@@ -107,10 +107,14 @@ def pgd_row(clf: StochasticClassifier, images: jax.Array, labels: jax.Array, *, 
 
 def vote_row(clf: StochasticClassifier, images: jax.Array, *, votes: int, repeats: int = 3,
              budget_s: float = 20.0) -> dict[str, Any]:
-  """Defended forward passes per second of a `votes`-draw majority vote (`predict`)."""
+  """Defended forward passes per second of a `votes`-draw majority vote (`predict`).
+
+  Draws are evaluated `clf.vote_chunk_size` at a time (row "vote_chunk").
+  """
   run = lambda seed: clf.predict(jax.random.key(seed), images, n=votes)
   timing = time_calls(run, repeats=repeats, budget_s=budget_s)
-  return {"kind": "vote", "batch": int(images.shape[0]), "votes": int(votes), **timing,
+  return {"kind": "vote", "batch": int(images.shape[0]), "votes": int(votes),
+          "vote_chunk": int(clf.vote_chunk_size), **timing,
           "forward_passes_per_second": images.shape[0] * votes / timing["seconds"]}
 
 
