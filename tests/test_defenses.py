@@ -222,7 +222,13 @@ def test_plain_functions_are_defenses(images):
   assert D.compose(shift, D.identity())(KEY, images).shape == images.shape
 
 
-def test_a_user_transform_gets_jit_vmap_bpda_composition_and_a_name(images):
+def test_a_user_transform_gets_jit_vmap_bpda_composition_and_a_name(images, monkeypatch):
+  from jaxdef.defenses import _core
+
+  # A registry copy for this test: the registration must not leak into other
+  # tests (tests/test_properties.py checks that every registered defense is covered).
+  monkeypatch.setattr(_core, "_REGISTRY", dict(_core._REGISTRY))
+
   def random_posterize(key, image):
     levels = jax.random.randint(key, (), 2, 5)
     return jnp.round(image * levels) / levels
