@@ -35,6 +35,15 @@ def chunk_under(eot: int, rows_per_draw: int, max_rows: int | None,
   return chunk
 
 
+def as_chunk_size(chunk: int | None, eot: int) -> int | None:
+  """The `chunk_size` argument that evaluates `chunk` of `eot` draws at once.
+
+  None when that is all of them: the chunk size is a static argument of the
+  compiled attacks, so one spelling of "all at once" keeps one compilation.
+  """
+  return None if chunk is None or chunk >= eot else int(chunk)
+
+
 def eot_value_and_grad(clf, key: jax.Array, images: jax.Array, objective_fn: ObjectiveFn,
                        eot: int, chunk_size: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Mean objective and mean input-gradient over `eot` independent draws.

@@ -40,7 +40,7 @@ RESNET50_MODES = ("auto", "off", "smoke", "full")
 SWITCHES = ("auto", "on", "off")
 FLOPS_MODES = ("auto", "compiled", "lowered", "off")
 STUDY_TORCH_MODES = ("sample", "all", "off")
-# Rows per model call a CPU handles best (see `jaxdef.attacks.chunk_under`):
+# Rows per model call a CPU handles best (see `jaxdef.attacks._eot.chunk_under`):
 # torchattacks' EOTPGD calls the model once per draw on the batch, so a
 # chunked jaxdef step is the same schedule, vmapped.
 CPU_EOT_ROWS = 256
@@ -221,9 +221,7 @@ class _Bench:
     what = (f"{row['engine']} {row['kind']} {row['model_label']} {row['dtype']} "
             f"{row['defense']}")
     if row["kind"] == "pgd":
-      chunk = (f" (chunks of {row['eot_chunk']})" if row.get("eot_chunk", row["eot"]) < row["eot"]
-               else "")
-      self.log(f"{what} m={row['eot']}{chunk} batch {row['batch']} x {row['steps']} steps: "
+      self.log(f"{what} m={_report.eot_text(row)} batch {row['batch']} x {row['steps']} steps: "
                f"{row['image_gradients_per_second']:,.1f} image-gradients/s "
                f"({row['seconds']:.3g} s per call, compile {row['compile_s']:.1f} s)")
     else:
@@ -285,7 +283,7 @@ class _Bench:
           self._add(self._finish(row, "pytorch", common, None, {}))
 
   def eot_rows_per_call(self) -> int | None:
-    """The row limit of jaxdef's attack steps (None: none), from `Options.eot_rows_per_call`."""
+    """Most rows per model call of attack steps and votes (None: no limit), from the options."""
     limit = self.options.eot_rows_per_call
     if limit is None:
       return CPU_EOT_ROWS if jax.devices()[0].platform == "cpu" else None

@@ -34,6 +34,12 @@ def _paired(rows: list[dict], kind: str) -> list[tuple[dict, dict | None]]:
           if row["engine"] == "jaxdef" and row["kind"] == kind]
 
 
+def eot_text(row: dict) -> str:
+  """A pgd row's EOT m, with its chunks when the draws were not evaluated all at once."""
+  chunk = row.get("eot_chunk", row["eot"])
+  return f"{row['eot']} (chunks of {chunk})" if chunk < row["eot"] else str(row["eot"])
+
+
 def _table(rows: list[dict], kind: str) -> str:
   pgd = kind == "pgd"
   rate = "image_gradients_per_second" if pgd else "forward_passes_per_second"
@@ -50,10 +56,7 @@ def _table(rows: list[dict], kind: str) -> str:
             f"{ours['batch']} x {ours['votes']}"
             + (f" ({ours['vote_chunk']} at a time)" if "vote_chunk" in ours else ""))
     cells = [ours["model_label"], ours["dtype"], ours["defense"]]
-    chunk = ours.get("eot_chunk", ours.get("eot"))
-    eot = f"{ours['eot']} (chunks of {chunk})" if pgd and chunk < ours["eot"] else str(
-        ours.get("eot"))
-    cells += [eot, size] if pgd else [size]
+    cells += [eot_text(ours), size] if pgd else [size]
     cells += [_fmt(ours[rate]), _fmt(theirs[rate]) if theirs else "-",
               _fmt(ours.get("jaxdef_over_pytorch")),
               (_fmt(ours[flops] / 1e6) + (" (lowered)" if ours.get("flops_source") == "lowered"

@@ -95,7 +95,7 @@ def pgd_row(clf: StochasticClassifier, images: jax.Array, labels: jax.Array, *, 
     A row: kind "pgd", batch, steps, eot, eot_chunk (draws at once), timing
     fields and ``image_gradients_per_second`` = B x steps x m / seconds.
   """
-  chunk = None if eot_chunk_size is None or eot_chunk_size >= eot else int(eot_chunk_size)
+  chunk = _eot.as_chunk_size(eot_chunk_size, eot)
   run = lambda seed: attacks.pgd(jax.random.key(seed), clf, images, labels, eps=eps,
                                  alpha=eps / 4, steps=steps, eot=eot, eot_chunk_size=chunk)
   timing = time_calls(run, repeats=repeats, budget_s=budget_s)

@@ -393,19 +393,19 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
     attack_keys, vote_keys = zip(*(jax.random.split(unit.key(key)) for unit in units))
     goal = targets if first.targeted else labels
     options = dict(eps=spec.eps, eot=first.eot, targeted=first.targeted,
-                   checkpoints=tuple(spec.checkpoints), eot_chunk_size=spec.eot_chunk_size,
+                   checkpoints=tuple(spec.checkpoints),
                    true_labels=labels if first.targeted else None)
     clean_labels, clean_cost = clean[pair]
     subset, skip = counted_subset(spec, clf, clean_labels, labels)
     attacked = int(images.shape[0] if subset is None else len(subset))
     in_call = len(units) if spec.batch_alphas else 1
-    eot_chunk = spec.eot_chunk(first.eot, attacked * in_call)
+    full_chunk = spec.eot_chunk(first.eot, attacked * in_call)  # before any memory split
     start = time.perf_counter()
 
     def attack(split: int):
       """The group's trajectories with each EOT chunk split in `split`."""
-      chunk = -(-eot_chunk // split)
-      settings = dict(options, eot_chunk_size=None if chunk >= first.eot else chunk)
+      settings = dict(options, eot_chunk_size=_eot.as_chunk_size(-(-full_chunk // split),
+                                                                  first.eot))
       if spec.batch_alphas:
         return _pgd.pgd_trajectory_results_batch(
             jax.numpy.stack(attack_keys), clf, images, goal, [u.alpha for u in units],
@@ -415,7 +415,7 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
                                              **settings)], settings["eot_chunk_size"]
 
     (trajectories, eot_chunk), _, attack_retries = with_memory_retries(
-        attack, 1, eot_chunk, what="EOT split",
+        attack, 1, full_chunk, what="EOT split",
         where=f"attack of {first.name}" + (f" +{len(units) - 1}" if len(units) > 1 else ""))
     # One call for all alphas: each unit's share of its time.
     attack_s = (time.perf_counter() - start) / len(units)

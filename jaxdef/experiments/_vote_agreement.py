@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from jaxdef.attacks import _eot
 from jaxdef.attacks import _pgd
 from jaxdef.experiments import _kxm
 from jaxdef.experiments import _records
@@ -34,10 +35,6 @@ SUMMARY_COLUMNS = [
     ("full_forward_passes", "full: forward passes"),
     ("sequential_forward_passes", "sequential: forward passes"),
     ("saved", "saved"), ("mean_draws", "mean draws counted")]
-
-
-def _chunk_or_none(chunk: int, eot: int) -> int | None:
-  return None if chunk >= eot else chunk
 
 
 def _batches(config, classifiers, dataset, spec, steps: str, progress: bool):
@@ -54,8 +51,8 @@ def _batches(config, classifiers, dataset, spec, steps: str, progress: bool):
         classifiers[(first.model, first.defense)], dataset.images,
         dataset.targets if first.targeted else dataset.labels, [u.alpha for u in units],
         eps=spec.eps, eot=first.eot, targeted=first.targeted, checkpoints=spec.checkpoints,
-        eot_chunk_size=_chunk_or_none(spec.eot_chunk(first.eot, len(dataset.labels) * len(units)),
-                                      first.eot),
+        eot_chunk_size=_eot.as_chunk_size(
+            spec.eot_chunk(first.eot, len(dataset.labels) * len(units)), first.eot),
         true_labels=dataset.labels if first.targeted else None)
     for unit, (_, vote_key), results in zip(units, keys, trajectories):
       for k in kept:
