@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import time
-import zlib
 from typing import Any
 
 import jax
@@ -232,10 +231,6 @@ def _judge_for(config, row: Row, logits_fn, dataset, key) -> _Judge:
   return _Judge(attack, judge, row.votes, detection.OddsDetector(logits_fn, stats))
 
 
-def _role_key(root, role: str):
-  return jax.random.fold_in(root, zlib.crc32(role.encode()) & 0x7FFFFFFF)
-
-
 def run_rows(config, rows: list[Row], logits_fns, dataset, workdir: pathlib.Path, *,
              on_unit=None) -> list[dict]:
   """Runs (or resumes) every unit of every row; returns all cell records."""
@@ -254,8 +249,8 @@ def run_rows(config, rows: list[Row], logits_fns, dataset, workdir: pathlib.Path
     if done[unit.name] is None:
       if row.label not in judges:
         judges[row.label] = _judge_for(config, row, logits_fns[row.model], dataset,
-                                       _role_key(root, f"fit/{row.label}"))
-        clean[row.label] = judges[row.label](_role_key(root, f"clean/{row.label}"), images)
+                                       _sweep.named_key(root, f"fit/{row.label}"))
+        clean[row.label] = judges[row.label](_sweep.named_key(root, f"clean/{row.label}"), images)
       judge = judges[row.label]
       clean_predictions, clean_flags = clean[row.label]
       start = time.perf_counter()

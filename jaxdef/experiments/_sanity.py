@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import pathlib
 import warnings
-import zlib
 from collections.abc import Mapping
 
 import jax
@@ -27,6 +26,7 @@ import jax
 from jaxdef import checks
 from jaxdef.classifier import StochasticClassifier
 from jaxdef.experiments import _records
+from jaxdef.experiments import _sweep
 from jaxdef.reports import tables
 
 SANITY_FILE = "sanity.json"
@@ -34,10 +34,6 @@ SANITY_COLUMNS = [("model", "model"), ("defense", "defense"), ("random", "random
                   ("logits", "outputs"), ("finite_logits", "finite"),
                   ("zero_gradients", "zero gradients"), ("single_draw", "single draw correct"),
                   ("vote", "vote correct")]
-
-
-def _fold(key: jax.Array, name: str) -> jax.Array:
-  return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
 # What `section` and a resumed run read of a record.
@@ -98,7 +94,7 @@ def run(config, pairs: Mapping[tuple[str, str], tuple[StochasticClassifier, int]
   """
   if not config.get("sanity_check", True):
     return ""
-  root = _fold(jax.random.key(int(config.seed)), "sanity")
+  root = _sweep.named_key(jax.random.key(int(config.seed)), "sanity")
   earlier = _earlier_records(workdir)
   num_images = int(images.shape[0])
   records = []
@@ -110,8 +106,8 @@ def run(config, pairs: Mapping[tuple[str, str], tuple[StochasticClassifier, int]
                       stacklevel=2)
     else:
       # A key per pair from its name: the same findings whatever the order.
-      report = checks.sanity_check(clf, _fold(root, f"{model}/{defense}"), images, labels,
-                                   num_votes=int(num_votes))
+      report = checks.sanity_check(clf, _sweep.named_key(root, f"{model}/{defense}"), images,
+                                   labels, num_votes=int(num_votes))
       record = {"model": model, "defense_label": defense, **report.as_dict()}
     records.append(record)
   _records.write_json(workdir / SANITY_FILE, records)

@@ -74,7 +74,16 @@ class Unit:
 
   def key(self, root: jax.Array) -> jax.Array:
     """The unit's PRNG key: a function of its name only (order-independent)."""
-    return jax.random.fold_in(root, zlib.crc32(self.name.encode()) & 0x7FFFFFFF)
+    return named_key(root, self.name)
+
+
+def named_key(root: jax.Array, name: str) -> jax.Array:
+  """A key that depends on `root` and `name` only, not on the order keys are drawn in.
+
+  Every experiment keys its work items this way, so a resumed or reordered
+  run draws the same numbers for the same item.
+  """
+  return jax.random.fold_in(root, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
 # `counted_only` attacks a multiple of this many images: pairs whose clean
@@ -185,7 +194,7 @@ class SweepSpec:
 
 def clean_vote_key(root: jax.Array, pair: tuple[str, str]) -> jax.Array:
   """Key of a (model, defense) pair's vote on the clean images (a function of its name)."""
-  return jax.random.fold_in(root, zlib.crc32(f"clean/{pair}".encode()) & 0x7FFFFFFF)
+  return named_key(root, f"clean/{pair}")
 
 
 def cell_path(workdir: pathlib.Path, unit: Unit, k: int) -> pathlib.Path:
