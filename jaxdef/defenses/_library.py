@@ -162,17 +162,19 @@ BART_TRANSFORMS: tuple[tuple[str, Transform], ...] = (
 )
 
 
+BART_ORDERS = ("per_image", "per_call")
+
+
 @register("bart")
-def bart(kappa: int = 6, transforms: Sequence[tuple[str, Transform]] | None = None) -> Defense:
+def bart(kappa: int = 6, transforms: Sequence[tuple[str, Transform]] | None = None,
+         order: str = "per_image") -> Defense:
   """Barrage of Random Transforms (Raff et al. 2019), the study's subset.
 
-  Every draw applies the first `kappa` transforms in a fresh random order,
-  each with freshly drawn parameters, independently per image. The order is
-  data (a permutation drawn from the key) and each position dispatches with
-  `lax.switch`, so one compiled program serves every order.
-
-  Under vmap a switch on a per-image index evaluates every branch, so one
-  draw costs about kappa**2 transform evaluations; kappa = 6 is the costliest.
+  Every draw applies the first `kappa` transforms in a random order, each
+  with freshly drawn parameters, independently per image. Each position
+  dispatches with `jaxdef.transforms.routed_switch`: under vmap (images, EOT
+  draws, votes) the rows are routed to their transform, so one draw costs
+  about the sum of its kappa transforms, not kappa times all of them.
 
   Args:
     kappa: how many transforms to apply, 1..len(transforms) (1..6 by default).
@@ -180,6 +182,11 @@ def bart(kappa: int = 6, transforms: Sequence[tuple[str, Transform]] | None = No
       ``random_transform(key, image) -> image`` keeping the image's shape;
       defaults to BART_TRANSFORMS (noise, Gaussian blur, median blur, swirl,
       quantization, FFT).
+    order: "per_image" (default, BaRT's semantics): every image of every
+      draw gets its own random order. "per_call": one order per call, shared
+      by the batch (the study's reference implementation: its
+      ``Ensemble.forward`` samples the order once per batch); parameters
+      stay per image in both.
   """
   transforms = tuple(BART_TRANSFORMS if transforms is None else transforms)
   if not transforms:
@@ -189,23 +196,36 @@ def bart(kappa: int = 6, transforms: Sequence[tuple[str, Transform]] | None = No
       raise TypeError(f"transforms must be (name, callable) pairs, got {entry!r}")
   if isinstance(kappa, bool) or not isinstance(kappa, int) or not 1 <= kappa <= len(transforms):
     raise ValueError(f"kappa must be an integer in 1..{len(transforms)}, got {kappa!r}")
+  order = _validate.check_choice(order, "order", BART_ORDERS)
   chosen = [fn for _, fn in transforms[:kappa]]
 
-  def one_draw(key: jax.Array, image: jax.Array) -> jax.Array:
-    order_key, positions_key = jax.random.split(key)
-    order = jax.random.permutation(order_key, kappa)
+  def apply_in_order(key: jax.Array, image: jax.Array, transform_order: jax.Array) -> jax.Array:
+    _, positions_key = jax.random.split(key)
 
     def apply_one(current, step):
       index, step_key = step
-      return jax.lax.switch(index, chosen, step_key, current), None
+      return T.routed_switch(index, chosen, step_key, current), None
 
-    # A scan compiles the switch once rather than once per position.
-    image, _ = jax.lax.scan(apply_one, image, (order, jax.random.split(positions_key, kappa)))
+    # A scan compiles the routed switch once rather than once per position.
+    image, _ = jax.lax.scan(apply_one, image,
+                            (transform_order, jax.random.split(positions_key, kappa)))
     return image
 
+  def one_draw(key: jax.Array, image: jax.Array) -> jax.Array:
+    return apply_in_order(key, image, bart_order(key, kappa))
+
+  params = {"kappa": kappa, "transforms": [n for n, _ in transforms[:kappa]]}
   jax.eval_shape(one_draw, jax.random.key(0), _PROBE)
-  return from_transform(one_draw, name="bart",
-                        params={"kappa": kappa, "transforms": [n for n, _ in transforms[:kappa]]})
+  if order == "per_image":
+    return from_transform(one_draw, name="bart", params=params)
+
+  def per_call(key: jax.Array, images: jax.Array) -> jax.Array:
+    call_key, images_key = jax.random.split(key)
+    shared = bart_order(call_key, kappa)
+    keys = jax.random.split(images_key, images.shape[0])
+    return jax.vmap(apply_in_order, in_axes=(0, 0, None))(keys, images, shared)
+
+  return Defense(per_call, name="bart", params={**params, "order": order})
 
 
 def bart_order(key: jax.Array, kappa: int) -> jax.Array:

@@ -24,6 +24,7 @@ from jaxdef.transforms._noise import NOISE_KINDS
 from jaxdef.transforms._noise import gaussian_noise
 from jaxdef.transforms._noise import noise
 from jaxdef.transforms._noise import random_noise
+from jaxdef.transforms._routing import routed_switch
 from jaxdef.transforms._spectral import fft_perturb
 from jaxdef.transforms._spectral import quantize
 from jaxdef.transforms._spectral import random_fft_perturb
@@ -49,5 +50,6 @@ __all__ = (
     "random_swirl",
     "resize_pad",
     "rotate",
+    "routed_switch",
     "swirl",
 )

@@ -1,12 +1,13 @@
 """Noise injection: the six modes of ``skimage.util.random_noise``.
 
 The mode may be a string or an integer index (a traced value when drawn per
-image inside jit); modes are chosen with `lax.switch`, so one compiled
-program serves all six.
+image inside jit); modes are chosen with `routed_switch`, so one compiled
+program serves all six and, under vmap, each image computes only its own.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from jaxdef import _validate
 from jaxdef.transforms._common import clip
 from jaxdef.transforms._common import clip as _clip01
+from jaxdef.transforms._routing import routed_switch
 
 NOISE_KINDS = ("gaussian", "poisson", "salt", "pepper", "s&p", "speckle")
 
@@ -77,34 +79,33 @@ def noise(
   _validate.check_number(amount, "amount", low=0, high=1)
   _validate.check_number(salt_vs_pepper, "salt_vs_pepper", low=0, high=1)
   _validate.check_number(poisson_scale, "poisson_scale", low=0, low_inclusive=False)
-  normal_key, replace_key, salt_key, poisson_key = jax.random.split(key, 4)
-  shape, dtype = image.shape, image.dtype
+  dtype = image.dtype
+  keys = tuple(jax.random.split(key, 4))  # normal, replace, salt, poisson
   std = jnp.sqrt(jnp.asarray(var, dtype))
+  strengths = (std, jnp.asarray(amount, dtype), jnp.asarray(salt_vs_pepper, dtype))
+  # Routed, not lax.switch: under vmap each image computes only its own
+  # kind (Poisson sampling alone costs more than the other five together).
+  kinds = tuple(functools.partial(_add_noise, kind=kind, poisson_scale=float(poisson_scale))
+                for kind in NOISE_KINDS)
+  return clip(routed_switch(index, kinds, image, keys, strengths))
 
-  def gaussian(x):
+
+def _add_noise(x, keys, strengths, *, kind: str, poisson_scale: float):
+  """One kind of noise on one image, unclipped; see `noise`."""
+  normal_key, replace_key, salt_key, poisson_key = keys
+  std, amount, salt_vs_pepper = strengths
+  shape, dtype = x.shape, x.dtype
+  if kind == "gaussian":
     return x + std * jax.random.normal(normal_key, shape, dtype)
-
-  def poisson(x):
+  if kind == "speckle":
+    return x + x * std * jax.random.normal(normal_key, shape, dtype)
+  if kind == "poisson":
     counts = jax.random.poisson(poisson_key, jax.lax.stop_gradient(x) * poisson_scale, shape)
     return x + jax.lax.stop_gradient(counts.astype(dtype) / poisson_scale - x)
-
-  def replace(x, salt_fraction):
-    replaced = jax.random.bernoulli(replace_key, amount, shape)
-    salt = jax.random.bernoulli(salt_key, salt_fraction, shape)
-    return jnp.where(replaced, salt.astype(dtype), x)
-
-  def speckle(x):
-    return x + x * std * jax.random.normal(normal_key, shape, dtype)
-
-  branches = (
-      gaussian,
-      poisson,
-      lambda x: replace(x, 1.0),
-      lambda x: replace(x, 0.0),
-      lambda x: replace(x, salt_vs_pepper),
-      speckle,
-  )
-  return clip(jax.lax.switch(index, branches, image))
+  salt_fraction = {"salt": 1.0, "pepper": 0.0, "s&p": salt_vs_pepper}[kind]
+  replaced = jax.random.bernoulli(replace_key, amount, shape)
+  salt = jax.random.bernoulli(salt_key, salt_fraction, shape)
+  return jnp.where(replaced, salt.astype(dtype), x)
 
 
 def random_noise(

@@ -1,0 +1,252 @@
+"""`routed_switch`: `lax.switch` that stays a real branch under `jax.vmap`.
+
+Under `jax.vmap` a `lax.switch` whose index differs between batch rows turns
+into a select: every branch runs on every row and the unwanted results are
+thrown away. BaRT (one of kappa transforms per image and position), noise
+injection (one of six kinds per image) and median blur (one of six kernel
+sizes per image) all pay that price: a BaRT-6 draw cost about 36 transform
+evaluations instead of 6.
+
+`routed_switch` has `lax.switch`'s meaning, but when vmapped it routes rows
+to branches the way mixture-of-experts layers route tokens to experts:
+
+1. the rows (all vmapped axes flattened into one, however deeply nested) are
+   sorted by branch index;
+2. each branch's rows are cut into chunks of `c` rows; the chunks form a
+   fixed-length list of work items (at most ceil(N / c) + K - 1 for N rows
+   and K branches, padding items doing nothing), so no row is ever dropped
+   and no shape depends on the data;
+3. a `lax.map` over the items runs one branch per item (a scalar
+   `lax.switch`, a real branch) on its gathered rows, and the results are
+   scattered back to their rows.
+
+A row therefore costs one evaluation of its own branch, plus at most K - 1
+padded chunks per call. Everything is gathers, a loop and scatters: the same
+program is the fast one on a CPU and on a GPU.
+
+Gradients: reverse mode (`jax.grad`, `jax.vjp`) is supported through a
+custom VJP whose backward pass routes the rows again, to each branch's own
+VJP (recomputing that branch's forward pass: no residuals of unused
+branches are stored). Forward mode (`jax.jvp`) is not supported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.custom_batching import custom_vmap
+
+# Rows per work item: about N / (4 K) keeps the padding (at most K - 1 items)
+# under a quarter of the rows, and large chunks amortise the loop overhead.
+_PADDING_SHARE = 4
+
+
+def chunk_rows(num_rows: int, num_branches: int) -> int:
+  """Rows per work item for `num_rows` rows over `num_branches` branches (>= 1)."""
+  return max(1, num_rows // (_PADDING_SHARE * num_branches))
+
+
+def routed_switch(index: Any, branches: Sequence[Callable[..., Any]], *operands: Any) -> Any:
+  """Applies ``branches[index](*operands)``; under vmap each row runs only its branch.
+
+  Same meaning as ``jax.lax.switch(index, branches, *operands)`` (an index
+  outside [0, K) is clamped), but when the call is vmapped (per image, per
+  EOT draw, per vote, in any nesting) the rows are routed to their branches
+  instead of every branch running on every row; see the module docstring.
+
+  Args:
+    index: integer scalar (may be traced), the branch to apply.
+    branches: K >= 1 callables taking `operands` and returning outputs of one
+      common structure, shape and dtype. They are traced for chunks of rows
+      with `jax.vmap`, so they must be vmappable.
+    *operands: arrays (PRNG keys included) passed to the chosen branch.
+
+  Returns:
+    The chosen branch's output.
+  """
+  branches = tuple(branches)
+  if not branches or not all(callable(b) for b in branches):
+    raise TypeError(f"branches must be a non-empty sequence of callables, got {branches!r}")
+  if len(branches) == 1:
+    return branches[0](*operands)
+  if np.ndim(index) != 0 or not jnp.issubdtype(jnp.result_type(index), jnp.integer):
+    raise TypeError(f"index must be an integer scalar, got {index!r}")
+  leaves, treedef = jax.tree_util.tree_flatten(operands)
+  # Typed PRNG keys travel as their raw uint32 data: custom_vjp and
+  # custom_vmap then only ever see plain arrays.
+  key_impls = [jax.random.key_impl(leaf) if _is_key(leaf) else None for leaf in leaves]
+  raw = [jax.random.key_data(leaf) if impl is not None else jnp.asarray(leaf)
+         for leaf, impl in zip(leaves, key_impls)]
+
+  def per_row(branch):
+    def call(*row_leaves):
+      restored = [jax.random.wrap_key_data(leaf, impl=impl) if impl is not None else leaf
+                  for leaf, impl in zip(row_leaves, key_impls)]
+      return branch(*jax.tree_util.tree_unflatten(treedef, restored))
+    return call
+
+  row_branches = tuple(per_row(b) for b in branches)
+  out_shapes = _common_output(row_branches, raw)
+  router = _Router(row_branches, tuple(leaf.dtype for leaf in raw), out_shapes)
+  one_row = router(jnp.asarray(index, jnp.int32)[None], *[leaf[None] for leaf in raw])
+  return jax.tree_util.tree_map(lambda out: out[0], one_row)
+
+
+def _common_output(branches, leaves) -> Any:
+  """The branches' one output structure (ShapeDtypeStructs); a mismatch is named."""
+  specs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves]
+  outputs = [jax.eval_shape(branch, *specs) for branch in branches]
+  first = outputs[0]
+  for number, other in enumerate(outputs[1:], start=1):
+    same = jax.tree_util.tree_structure(other) == jax.tree_util.tree_structure(first) and all(
+        (a.shape, a.dtype) == (b.shape, b.dtype) for a, b in
+        zip(jax.tree_util.tree_leaves(other), jax.tree_util.tree_leaves(first)))
+    if not same:
+      raise TypeError(f"routed_switch branches must return the same shapes and dtypes: "
+                      f"branch 0 returns {first}, branch {number} returns {other}")
+  return first
+
+
+def _is_key(leaf: Any) -> bool:
+  return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _differentiable(dtype: Any) -> bool:
+  return jnp.issubdtype(dtype, jnp.inexact)
+
+
+class _Router:
+  """The row-level routed function with its vmap and VJP rules.
+
+  ``router(index, *leaves)``: index int32 (N,), each leaf (N, ...); returns
+  the branch outputs stacked over the N rows.
+  """
+
+  def __init__(self, branches: tuple[Callable[..., Any], ...], dtypes: tuple[Any, ...],
+               out_shapes: Any):
+    self.branches = branches
+    self.num_leaves = len(dtypes)
+    self.float_leaves = tuple(i for i, d in enumerate(dtypes) if _differentiable(d))
+    self.backward_branches = tuple(self._pullback(b) for b in branches)
+
+    forward = custom_vmap(
+        lambda index, *leaves: _route(index, self.branches, leaves, out_shapes))
+    forward.def_vmap(_flattened(lambda *args: self.__call__(*args)))
+    backward = custom_vmap(lambda index, *leaves: _route(
+        index, self.backward_branches, leaves, self._gradient_shapes(leaves)))
+    backward.def_vmap(_flattened(lambda *args: self.backward(*args)))
+    self.forward, self.backward = forward, backward
+
+    routed = jax.custom_vjp(forward)
+    routed.defvjp(self._fwd, self._bwd)
+    self.routed = routed
+
+  def __call__(self, index: jax.Array, *leaves: jax.Array) -> Any:
+    return self.routed(index, *leaves)
+
+  def _fwd(self, index, *leaves):
+    return self.forward(index, *leaves), (index, leaves)
+
+  def _bwd(self, residuals, cotangent):
+    index, leaves = residuals
+    cotangent_leaves = jax.tree_util.tree_leaves(cotangent)
+    grads = self.backward(index, *leaves, *cotangent_leaves)
+    grads = list(grads) if isinstance(grads, (tuple, list)) else [grads]
+    result = [np.zeros(index.shape, jax.dtypes.float0)]
+    for i, leaf in enumerate(leaves):
+      result.append(grads.pop(0) if i in self.float_leaves
+                    else np.zeros(leaf.shape, jax.dtypes.float0))
+    return tuple(result)
+
+  def _gradient_shapes(self, leaves: Sequence[jax.Array]) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """One row's gradients: one per float leaf (the leaves here are rows x ...)."""
+    return tuple(jax.ShapeDtypeStruct(leaves[i].shape[1:], leaves[i].dtype)
+                 for i in self.float_leaves)
+
+  def _pullback(self, branch: Callable[..., Any]) -> Callable[..., Any]:
+    """``(*leaves, *cotangent_leaves) -> gradients of the float leaves``, one row."""
+    float_leaves, num_leaves = self.float_leaves, self.num_leaves
+
+    def pullback(*args):
+      leaves, cotangent_leaves = list(args[:num_leaves]), args[num_leaves:]
+
+      def of_floats(*floats):
+        full = list(leaves)
+        for i, value in zip(float_leaves, floats):
+          full[i] = value
+        return branch(*full)
+
+      out, vjp = jax.vjp(of_floats, *[leaves[i] for i in float_leaves])
+      cotangent = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out),
+                                               list(cotangent_leaves))
+      return tuple(vjp(cotangent))
+
+    return pullback
+
+
+def _flattened(call: Callable[..., Any]) -> Callable[..., Any]:
+  """A custom_vmap rule: fold the vmapped axis into the row axis and call again."""
+
+  def rule(axis_size, in_batched, *args):
+    args = [arg if batched else jnp.broadcast_to(arg, (axis_size,) + arg.shape)
+            for arg, batched in zip(args, in_batched)]
+    out = call(*[arg.reshape((-1,) + arg.shape[2:]) for arg in args])
+    out = jax.tree_util.tree_map(lambda o: o.reshape((axis_size, -1) + o.shape[1:]), out)
+    return out, jax.tree_util.tree_map(lambda _: True, out)
+
+  return rule
+
+
+def _route(index: jax.Array, branches: tuple[Callable[..., Any], ...],
+           leaves: Sequence[jax.Array], row_output: Any) -> Any:
+  """Runs ``branches[index[r]]`` on row r of `leaves`, each branch on its rows only.
+
+  `row_output`: the branches' output for one row (ShapeDtypeStructs).
+  """
+  num_rows, num_branches = index.shape[0], len(branches)
+  index = jnp.clip(index, 0, num_branches - 1)
+  if num_rows == 1:  # one row: a plain switch is already a real branch
+    one = [leaf[0] for leaf in leaves]
+    out = jax.lax.switch(index[0], branches, *one)
+    return jax.tree_util.tree_map(lambda o: o[None], out)
+
+  chunk = chunk_rows(num_rows, num_branches)
+  order = jnp.argsort(index, stable=True)
+  counts = jnp.zeros(num_branches, jnp.int32).at[index].add(1)
+  starts = jnp.cumsum(counts) - counts
+  chunks = (counts + chunk - 1) // chunk
+  chunk_ends = jnp.cumsum(chunks)
+  # sum_b ceil(count_b / c) < N / c + K, so this many items always suffice.
+  num_items = -(-num_rows // chunk) + num_branches - 1
+  item = jnp.arange(num_items)
+  item_branch = jnp.searchsorted(chunk_ends, item, side="right")  # K: padding
+  branch = jnp.minimum(item_branch, num_branches - 1)
+  within = (item - (chunk_ends[branch] - chunks[branch]))[:, None] * chunk + jnp.arange(chunk)
+  valid = (item_branch[:, None] < num_branches) & (within < counts[branch][:, None])
+  rows = jnp.where(valid, order[jnp.clip(starts[branch][:, None] + within, 0, num_rows - 1)], 0)
+  gathered = [leaf[rows] for leaf in leaves]  # (items, chunk, ...)
+
+  chunked = [jax.vmap(b) for b in branches]
+  padding = lambda *_: jax.tree_util.tree_map(
+      lambda spec: jnp.zeros((chunk,) + spec.shape, spec.dtype), row_output)
+
+  def run_item(args):
+    which, *chunk_leaves = args
+    return jax.lax.switch(which, chunked + [padding], *chunk_leaves)
+
+  results = jax.lax.map(run_item, (item_branch, *gathered))
+  # Padded slots scatter to distinct out-of-range rows, which are dropped.
+  flat_valid = valid.reshape(-1)
+  target = jnp.where(flat_valid, rows.reshape(-1), num_rows + jnp.arange(flat_valid.shape[0]))
+
+  def scatter(result):
+    flat = result.reshape((-1,) + result.shape[2:])
+    return jnp.zeros((num_rows,) + flat.shape[1:], flat.dtype).at[target].set(
+        flat, mode="drop", unique_indices=True)
+
+  return jax.tree_util.tree_map(scatter, results)

@@ -1,0 +1,137 @@
+"""Tests of jaxdef.transforms.routed_switch against lax.switch, and of its cost."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdef.transforms import _routing
+from jaxdef.transforms import routed_switch
+
+KEY = jax.random.key(0)
+ROWS = 37  # not a multiple of any chunk size
+
+
+def _branches():
+  return (lambda key, x: x * 2.0,
+          lambda key, x: jnp.sin(x) + jax.random.normal(key, x.shape),
+          lambda key, x: x ** 3 - x)
+
+
+def _routed(index, key, x):
+  return routed_switch(index, _branches(), key, x)
+
+
+def _switched(index, key, x):
+  return jax.lax.switch(index, _branches(), key, x)
+
+
+def _inputs(shape=(ROWS,), branches=3, seed=1):
+  index = jax.random.randint(jax.random.key(seed), shape, 0, branches)
+  keys = jax.random.split(jax.random.key(seed + 1), shape)
+  x = jax.random.uniform(jax.random.key(seed + 2), shape + (5,))
+  return index, keys, x
+
+
+def test_vmapped_routed_switch_equals_lax_switch():
+  index, keys, x = _inputs()
+  routed = jax.jit(jax.vmap(_routed))(index, keys, x)
+  np.testing.assert_allclose(routed, jax.vmap(_switched)(index, keys, x), rtol=1e-6, atol=1e-6)
+
+
+def test_nested_vmaps_fold_into_one_routing():
+  index, keys, x = _inputs(shape=(4, ROWS))
+  nested = lambda f: jax.vmap(jax.vmap(f))
+  np.testing.assert_allclose(jax.jit(nested(_routed))(index, keys, x),
+                             nested(_switched)(index, keys, x), rtol=1e-6, atol=1e-6)
+
+
+def test_unbatched_call_and_out_of_range_index_clamp_like_lax_switch():
+  x = jnp.linspace(0, 1, 5)
+  for index in (-3, 0, 1, 2, 7):
+    np.testing.assert_array_equal(_routed(index, KEY, x), _switched(index, KEY, x))
+
+
+def test_gradients_in_every_nesting_equal_lax_switch():
+  """grad(vmap), vmap(grad) and the EOT pattern vmap(grad(vmap)) with shared images."""
+  index, keys, x = _inputs()
+  batch_loss = lambda f: (lambda x: (jax.vmap(f)(index, keys, x) ** 2).sum())
+  np.testing.assert_allclose(jax.jit(jax.grad(batch_loss(_routed)))(x),
+                             jax.grad(batch_loss(_switched))(x), rtol=1e-5, atol=1e-6)
+  row_loss = lambda f: (lambda i, k, x: (f(i, k, x) ** 2).sum())
+  per_row = lambda f: jax.vmap(jax.grad(row_loss(f), argnums=2))
+  np.testing.assert_allclose(jax.jit(per_row(_routed))(index, keys, x),
+                             per_row(_switched)(index, keys, x), rtol=1e-5, atol=1e-6)
+
+  def eot(f):
+    def one_draw(draw_key):
+      row_keys = jax.random.split(draw_key, ROWS)
+      return jax.grad(lambda x: (jax.vmap(f)(index, row_keys, x) ** 2).sum())(x)
+    return jax.vmap(one_draw)(jax.random.split(KEY, 3))
+
+  np.testing.assert_allclose(jax.jit(lambda: eot(_routed))(), eot(_switched), rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_pytree_operands_and_outputs_with_integer_leaves():
+  branches = (lambda d: {"y": d["x"] + d["n"], "z": d["x"].sum()},
+              lambda d: {"y": d["x"] * d["n"], "z": -d["x"].sum()})
+  index = jnp.array([0, 1, 1, 0, 1])
+  data = {"x": jnp.arange(10.0).reshape(5, 2), "n": jnp.arange(5)}
+  routed = jax.vmap(lambda i, d: routed_switch(i, branches, d))(index, data)
+  switched = jax.vmap(lambda i, d: jax.lax.switch(i, branches, d))(index, data)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, routed, switched)
+  grad = jax.grad(lambda x: jax.vmap(lambda i, d: routed_switch(i, branches, d)["z"])(
+      index, {"x": x, "n": data["n"]}).sum())(data["x"])
+  np.testing.assert_array_equal(grad, np.where(np.asarray(index)[:, None] == 0, 1.0, -1.0)
+                                * np.ones((5, 2)))
+
+
+@pytest.mark.parametrize("rows,num_branches", [(8, 4), (64, 6), (200, 3)])
+def test_each_row_runs_only_its_own_branch_in_chunks(rows, num_branches):
+  """Branch b sees its own rows, in ceil(count_b / c) chunks of c rows; nothing else runs."""
+  seen = {b: [] for b in range(num_branches)}
+
+  def marking(b):
+    def branch(x):
+      jax.debug.callback(lambda v: seen[b].extend(np.asarray(v).ravel().tolist()), x[0])
+      return x + b
+    return branch
+
+  branches = tuple(marking(b) for b in range(num_branches))
+  index = np.random.default_rng(rows).integers(0, num_branches, rows)
+  markers = jnp.arange(rows, dtype=jnp.float32)[:, None]  # row r carries r
+  out = jax.jit(jax.vmap(lambda i, x: routed_switch(i, branches, x)))(jnp.asarray(index), markers)
+  np.testing.assert_array_equal(out[:, 0], np.arange(rows) + index)
+  chunk = _routing.chunk_rows(rows, num_branches)
+  for b in range(num_branches):
+    own = set(np.flatnonzero(index == b).tolist())
+    assert own <= set(seen[b]), b
+    # Unfilled slots of a branch's last chunk hold a copy of row 0.
+    assert set(seen[b]) <= own | {0}, b
+    assert len(seen[b]) == -(-len(own) // chunk) * chunk, b
+  total = sum(len(v) for v in seen.values())
+  assert total <= rows + (num_branches - 1) * chunk
+
+
+def test_mismatched_branch_outputs_are_named():
+  branches = (lambda x: x, lambda x: x[:1])
+  with pytest.raises(TypeError, match="routed_switch branches must return the same shapes"):
+    jax.vmap(lambda i, x: routed_switch(i, branches, x))(jnp.array([0, 1]), jnp.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("index,branches,message", [
+    (0, (), "branches must be a non-empty sequence of callables"),
+    (0, (1, 2), "branches must be a non-empty sequence of callables"),
+    (0.5, (abs, abs), "index must be an integer scalar"),
+    (jnp.array([0, 1]), (abs, abs), "index must be an integer scalar"),
+])
+def test_bad_arguments_are_named(index, branches, message):
+  with pytest.raises(TypeError, match=message):
+    routed_switch(index, branches, jnp.zeros(3))
+
+
+def test_single_branch_is_called_directly():
+  assert float(routed_switch(5, (lambda x: x + 1,), jnp.float32(1))) == 2.0
