@@ -16,7 +16,8 @@ compile seconds are reported separately):
      in torch, and torch votes; jaxdef / PyTorch per row. Needs the
      benchmark extra (`pip install -r requirements-bench.txt`); without it
      the bench says which package is missing and skips those rows;
-  4. the whole study: the embedded default's sweep (configs/default.py) the
+  4. BaRT against the cost of its transforms (--bart_rates);
+  5. the whole study: the embedded default's sweep (configs/default.py) the
      reference way (an attack per k, EOT as a loop of single-draw calls,
      full votes as single calls; in JAX with the sweep's own keys, and in
      PyTorch) against `run_sweep` with its fastest settings; success counts
@@ -56,6 +57,11 @@ Flags:
     ResNets); --study_torch: sample (one unit per m, extrapolated) | all |
     off; --study_config: the sweep's config (default configs/default.py;
     overrides as launch.run's, e.g. --study_config.attack.eots='(1,)').
+  --bart_rates: on | off | only: BaRT-kappa (kappa 1..6, per-image order) and
+    each of its six transforms alone in image-draws per second at 28 x 28
+    (batch 16), 64 x 64 (batch 16) and 224 x 224 (batch 4), RGB, with the
+    ratio BaRT-kappa / (sum of its kappa transforms); "only" measures just
+    that (about 5 minutes on 2 CPU cores).
   --[no]progress: the study's progress bars.
 """
 
@@ -116,6 +122,10 @@ _STUDY_TORCH = flags.DEFINE_enum("study_torch", _DEFAULTS.study_torch,
 _EOT_ROWS = flags.DEFINE_string(
     "eot_rows_per_call", "auto", "Most images per model call of a jaxdef attack step, EOT "
     "draws chunked under it: an integer (0: no limit) or auto (256 on a CPU, no limit on a GPU).")
+_BART_RATES = flags.DEFINE_enum(
+    "bart_rates", _DEFAULTS.bart_rates, _harness.BART_RATES_MODES,
+    "BaRT-1..6 and each of its transforms alone, draws/s at 28, 64 and 224 pixels (RGB): "
+    "on, off, or only (measure nothing else).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars of the study (the "
                               "per-measurement lines are always printed).")
 
@@ -150,7 +160,7 @@ def main(argv):
         threads=_THREADS.value, repeats=_REPEATS.value, row_budget_s=_ROW_BUDGET.value,
         flops=_FLOPS.value, study=_STUDY.value, study_images=_STUDY_IMAGES.value,
         study_workdir=_STUDY_WORKDIR.value, study_torch=_STUDY_TORCH.value,
-        progress=_PROGRESS.value, eot_rows_per_call=eot_rows)
+        progress=_PROGRESS.value, eot_rows_per_call=eot_rows, bart_rates=_BART_RATES.value)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   with WorkdirLock(_WORKDIR.value):  # one benchmark per workdir (bench.json, study_sweep/)

@@ -22,6 +22,7 @@ from configs import default as default_config
 from jaxdef import data
 from jaxdef import defenses
 from jaxdef import models
+from jaxdef.bench import _bart_rates
 from jaxdef.bench import _device
 from jaxdef.bench import _harness
 from jaxdef.bench import _study
@@ -38,7 +39,8 @@ needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed "
 
 TINY = _harness.Options(batch=3, steps=1, eots=(1, 2), votes=4, vote_batch=3, vote_chunk=4,
                         defenses=("smoothing",), widths=((4,),), resnet50="off", repeats=1,
-                        row_budget_s=1.0, study=False, progress=False, matmul_size=128)
+                        row_budget_s=1.0, study=False, progress=False, matmul_size=128,
+                        bart_rates="off")
 
 
 def _tiny_study_config(targeted=(False, True), eots=(1, 2)) -> ml_collections.ConfigDict:
@@ -134,6 +136,29 @@ def test_missing_torchattacks_skips_only_the_eotpgd_rows(tmp_path, monkeypatch):
   theirs = [(r["kind"], r.get("eot")) for r in written["results"] if r["engine"] == "pytorch"]
   assert theirs == [("vote", None)]
   assert "missing package(s) torchattacks" in (tmp_path / "bench.md").read_text()
+
+
+def test_bart_rates_only_measures_bart_against_its_transforms(tmp_path, monkeypatch):
+  """--bart_rates=only: each transform and BaRT-kappa timed, ratio = BaRT / sum of parts."""
+  monkeypatch.setattr(_bart_rates, "SIZES", ((8, 2),))
+  monkeypatch.setattr(_bart_rates, "KAPPAS", (1, 2))
+  options = dataclasses.replace(TINY, bart_rates="only", torch=False)
+  written = _harness.run(options, tmp_path, command="test")
+  assert written["results"] == [] and written["study"] is None
+  (size,) = written["bart_rates"]["sizes"]
+  assert (size["side"], size["batch"]) == (8, 2)
+  assert set(size["transforms"]) == {name for name, _ in defenses.BART_TRANSFORMS}
+  for kappa, row in size["bart"].items():
+    parts = sum(size["transforms"][name]["seconds_per_draw"]
+                for name, _ in defenses.BART_TRANSFORMS[:int(kappa)])
+    assert _finite_positive(row["draws_per_second"])
+    assert row["ratio"] == pytest.approx(row["seconds_per_draw"] / parts)
+  text = (tmp_path / "bench.md").read_text()
+  assert "## BaRT against the cost of its transforms" in text
+  assert "| median_blur |" in text and "| 2 |" in text
+  assert "## Attack steps" not in text
+  with pytest.raises(ValueError, match="bart_rates must be one of on, off, only"):
+    _harness.Options(bart_rates="sometimes")
 
 
 def test_xla_flops_of_a_matmul_are_2mnk():

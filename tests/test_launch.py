@@ -60,7 +60,7 @@ def test_bench_writes_throughput_records(tmp_path):
   done = subprocess.run(
       [sys.executable, "-m", "launch.bench", f"--workdir={tmp_path}", "--batch=4", "--steps=1",
        "--eot=1,2", "--votes=4", "--defense=smoothing", "--widths=4-8", "--resnet50=off",
-       "--notorch", "--nostudy", "--flops=off"],
+       "--notorch", "--nostudy", "--flops=off", "--bart_rates=off"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   rows = json.loads((tmp_path / "bench.json").read_text())["results"]

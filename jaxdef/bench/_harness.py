@@ -25,6 +25,7 @@ from jaxdef import data
 from jaxdef import defenses
 from jaxdef import models
 from jaxdef.attacks._eot import chunk_under
+from jaxdef.bench import _bart_rates
 from jaxdef.bench import _device
 from jaxdef.bench import _report
 from jaxdef.bench import _study
@@ -40,6 +41,7 @@ RESNET50_MODES = ("auto", "off", "smoke", "full")
 SWITCHES = ("auto", "on", "off")
 FLOPS_MODES = ("auto", "compiled", "lowered", "off")
 STUDY_TORCH_MODES = ("sample", "all", "off")
+BART_RATES_MODES = ("on", "off", "only")
 # Rows per model call a CPU handles best (see `jaxdef.attacks._eot.chunk_under`):
 # torchattacks' EOTPGD calls the model once per draw on the batch, so a
 # chunked jaxdef step is the same schedule, vmapped.
@@ -78,6 +80,9 @@ class Options:
   # `jaxdef.attacks._eot.chunk_under`) and of a vote (draws per call, both
   # engines); None: CPU_EOT_ROWS on a CPU, no limit on a GPU; 0: no limit.
   eot_rows_per_call: int | None = None
+  # BaRT-1..6 and each transform alone, draws/s at 28, 64 and 224 pixels
+  # (`_bart_rates`): on, off, or only (nothing else is measured).
+  bart_rates: str = "on"
 
   def __post_init__(self):
     for name in ("batch", "steps", "votes", "vote_batch", "vote_chunk", "bart_batch",
@@ -94,7 +99,8 @@ class Options:
     if any(not w or min(w) < 1 for w in self.widths):
       raise ValueError(f"widths must be positive channel counts per stage, got {self.widths!r}")
     for name, allowed in (("resnet50", RESNET50_MODES), ("bfloat16", SWITCHES),
-                          ("flops", FLOPS_MODES), ("study_torch", STUDY_TORCH_MODES)):
+                          ("flops", FLOPS_MODES), ("study_torch", STUDY_TORCH_MODES),
+                          ("bart_rates", BART_RATES_MODES)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, got "
                          f"{getattr(self, name)!r}")
@@ -373,6 +379,9 @@ def run(options: Options, workdir: str | os.PathLike, *, study_config: Any = Non
   env["jax_cpu_threads"] = _device.cpu_description()["cpu_logical_usable"]
   bench = _Bench(options, log, found)
   bench.notes = notes
+  if options.bart_rates == "only":
+    return _finish(options, workdir, command, env, bench, None, log,
+                   _measure_bart_rates(options, log))
   bench.measure_peaks()
   torch_ready = bool(found.get("torch"))
   dtypes = _dtypes(options.bfloat16)
@@ -398,6 +407,20 @@ def run(options: Options, workdir: str | os.PathLike, *, study_config: Any = Non
     if study_config is None:
       raise ValueError("study_config (configs/default.py's config) is needed for the study")
     study = run_study(options, study_config, workdir, found, log)
+  rates = _measure_bart_rates(options, log) if options.bart_rates == "on" else None
+  return _finish(options, workdir, command, env, bench, study, log, rates)
+
+
+def _measure_bart_rates(options: Options, log: Callable[[str], None]) -> dict[str, Any]:
+  return _bart_rates.measure(_bart_rates.SIZES, _bart_rates.KAPPAS, repeats=options.repeats,
+                             budget_s=options.row_budget_s, log=log)
+
+
+def _finish(options: Options, workdir: pathlib.Path, command: str | None, env: dict[str, Any],
+            bench: _Bench, study: dict[str, Any] | None, log: Callable[[str], None],
+            bart_rates: dict[str, Any] | None) -> dict[str, Any]:
+  """Adds the load note, writes bench.json and bench.md, returns bench.json's contents."""
+  notes = bench.notes
   env["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
   busy = max(env.get("load_average_1min") or 0, env["load_average_1min_end"] or 0)
   if busy > 0.5 * env["cpu_logical_usable"] and jax.devices()[0].platform == "cpu":
@@ -411,7 +434,7 @@ def run(options: Options, workdir: str | os.PathLike, *, study_config: Any = Non
                     "that") + ". Rerun on an idle machine for figures to report.")
   result = {"command": command or " ".join(sys.argv), "environment": env,
             "peaks": bench.peaks, "results": bench.rows, "study": study, "notes": notes,
-            "options": dataclasses.asdict(options)}
+            "bart_rates": bart_rates, "options": dataclasses.asdict(options)}
   _records.write_json(workdir / "bench.json", result)
   _records.write_atomic(workdir / "bench.md", _report.markdown(result))
   log(f"wrote {workdir / 'bench.json'} and {workdir / 'bench.md'}")

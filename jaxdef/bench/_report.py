@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jaxdef.bench import _bart_rates
 from jaxdef.reports import tables
 
 
@@ -139,6 +140,13 @@ def markdown(result: dict[str, Any]) -> str:
   rows = result["results"]
   lines = ["# jaxdef benchmark", "", f"Command: `{result['command']}`", "",
            *_environment(result["environment"], result["peaks"]), ""]
+  if result.get("bart_rates"):
+    lines += ["## BaRT against the cost of its transforms", "",
+              _bart_rates.markdown(result["bart_rates"]), ""]
+  if not rows and not result.get("study"):  # --bart_rates=only
+    if result.get("notes"):
+      lines += ["## Notes", "", *[f"- {note}" for note in result["notes"]], ""]
+    return "\n".join(lines)
   lines += ["## Attack steps: PGD with EOT-m, image-gradients per second", "",
             "An EOT-m step counts m image-gradients per image. Compilation is excluded (first "
             "call minus the median steady call, reported separately). PyTorch: the same "
