@@ -412,7 +412,7 @@ def run(options: Options, workdir: str | os.PathLike, *, study_config: Any = Non
 
 
 def _measure_bart_rates(options: Options, log: Callable[[str], None]) -> dict[str, Any]:
-  return _bart_rates.measure(_bart_rates.SIZES, _bart_rates.KAPPAS, repeats=options.repeats,
+  return _bart_rates.measure(_bart_rates.SIZES, _bart_rates.KAPPAS, min_calls=options.repeats,
                              budget_s=options.row_budget_s, log=log)
 
 
