@@ -79,9 +79,9 @@ def measure(sizes=SIZES, kappas=KAPPAS, *, min_calls: int = 5, budget_s: float =
           f"(compile {row['compile_s']:.1f} s)")
     results.append({"side": side, "batch": batch, "transforms": transforms, "bart": bart})
   return {"sizes": results, "transforms": names,
-          "what": "image-draws per second (mean over calls), one draw of an RGB batch per call, "
-                  "jit-compiled, compilation excluded; ratio = BaRT-kappa seconds per image-draw / sum of "
-                  "its kappa transforms' (per-image order)"}
+          "what": "image-draws per second (mean over calls), one draw of an RGB batch per "
+                  "call, jit-compiled, compilation excluded; ratio = BaRT-kappa seconds per "
+                  "image-draw / sum of its kappa transforms' (per-image order)"}
 
 
 def markdown(rates: dict[str, Any]) -> str:
