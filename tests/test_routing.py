@@ -75,6 +75,24 @@ def test_gradients_in_every_nesting_equal_lax_switch():
                              atol=1e-6)
 
 
+def test_branches_may_close_over_per_row_values_and_differentiate_them():
+  """A closed-over traced value (a per-image parameter under vmap) is routed with its row."""
+  def make(switch):
+    def one_row(i, x, scale, key):
+      return switch(i, (lambda x: x * scale, lambda x: x + scale * jax.random.normal(key, ())),
+                    x)
+    return one_row
+
+  index, keys, x = _inputs(shape=(11,))
+  scale = jnp.linspace(1.0, 2.0, 11)
+  routed = jax.jit(jax.vmap(make(routed_switch)))(index, x, scale, keys)
+  switched = jax.vmap(make(jax.lax.switch))(index, x, scale, keys)
+  np.testing.assert_allclose(routed, switched, rtol=1e-6)
+  loss = lambda f: (lambda s: (jax.vmap(make(f))(index, x, s, keys) ** 2).sum())
+  np.testing.assert_allclose(jax.jit(jax.grad(loss(routed_switch)))(scale),
+                             jax.grad(loss(jax.lax.switch))(scale), rtol=1e-5)
+
+
 def test_pytree_operands_and_outputs_with_integer_leaves():
   branches = (lambda d: {"y": d["x"] + d["n"], "z": d["x"].sum()},
               lambda d: {"y": d["x"] * d["n"], "z": -d["x"].sum()})

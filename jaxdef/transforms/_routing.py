@@ -90,17 +90,54 @@ def routed_switch(index: Any, branches: Sequence[Callable[..., Any]], *operands:
       return branch(*jax.tree_util.tree_unflatten(treedef, restored))
     return call
 
-  row_branches = tuple(per_row(b) for b in branches)
-  out_shapes = _common_output(row_branches, raw)
-  router = _Router(row_branches, tuple(leaf.dtype for leaf in raw), out_shapes)
-  one_row = router(jnp.asarray(index, jnp.int32)[None], *[leaf[None] for leaf in raw])
+  specs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in raw]
+  traced = [jax.make_jaxpr(per_row(b), return_shape=True)(*specs) for b in branches]
+  out_shapes = _common_output([shape for _, shape in traced])
+  # A value a branch closes over from an enclosing trace (a per-image
+  # parameter under vmap, say) varies with the row: it becomes an operand.
+  hoisted, row_branches = [], []
+  for closed, shape in traced:
+    positions = [(i, len(hoisted) + n) for n, i in enumerate(
+        i for i, value in enumerate(closed.consts) if isinstance(value, jax.core.Tracer))]
+    hoisted += [closed.consts[i] for i, _ in positions]
+    row_branches.append(_evaluating(closed, positions, len(raw),
+                                    jax.tree_util.tree_structure(shape)))
+  hoisted_impls = [jax.random.key_impl(h) if _is_key(h) else None for h in hoisted]
+  hoisted_raw = [jax.random.key_data(h) if impl is not None else h
+                 for h, impl in zip(hoisted, hoisted_impls)]
+  rewrapped = [_rewrapping(b, len(raw), hoisted_impls) for b in row_branches]
+  all_leaves = raw + hoisted_raw
+  router = _Router(tuple(rewrapped), tuple(leaf.dtype for leaf in all_leaves), out_shapes)
+  one_row = router(jnp.asarray(index, jnp.int32)[None], *[leaf[None] for leaf in all_leaves])
   return jax.tree_util.tree_map(lambda out: out[0], one_row)
 
 
-def _common_output(branches, leaves) -> Any:
+def _evaluating(closed, positions, num_leaves, out_tree):
+  """``(*row_leaves, *hoisted) -> output``: the traced branch with its hoisted values."""
+
+  def call(*args):
+    consts = list(closed.consts)
+    for const_index, hoisted_index in positions:
+      consts[const_index] = args[num_leaves + hoisted_index]
+    return jax.tree_util.tree_unflatten(
+        out_tree, jax.core.eval_jaxpr(closed.jaxpr, consts, *args[:num_leaves]))
+
+  return call
+
+
+def _rewrapping(branch, num_leaves, impls):
+  """Hoisted PRNG keys travel as raw data (like the operands); rewrap them for the branch."""
+
+  def call(*args):
+    hoisted = [jax.random.wrap_key_data(value, impl=impl) if impl is not None else value
+               for value, impl in zip(args[num_leaves:], impls)]
+    return branch(*args[:num_leaves], *hoisted)
+
+  return call
+
+
+def _common_output(outputs: Sequence[Any]) -> Any:
   """The branches' one output structure (ShapeDtypeStructs); a mismatch is named."""
-  specs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves]
-  outputs = [jax.eval_shape(branch, *specs) for branch in branches]
   first = outputs[0]
   for number, other in enumerate(outputs[1:], start=1):
     same = jax.tree_util.tree_structure(other) == jax.tree_util.tree_structure(first) and all(
