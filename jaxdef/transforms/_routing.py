@@ -62,8 +62,10 @@ def routed_switch(index: Any, branches: Sequence[Callable[..., Any]], *operands:
   Args:
     index: integer scalar (may be traced), the branch to apply.
     branches: K >= 1 callables taking `operands` and returning outputs of one
-      common structure, shape and dtype. They are traced for chunks of rows
-      with `jax.vmap`, so they must be vmappable.
+      common structure, shape and dtype. Each is traced once for one row and
+      then evaluated on chunks of rows with `jax.vmap`, so it must be
+      vmappable. A branch may close over traced values (a per-image
+      parameter under vmap): they are routed with their rows.
     *operands: arrays (PRNG keys included) passed to the chosen branch.
 
   Returns:
