@@ -76,6 +76,19 @@ def test_median_blur_vmap_per_image_kernel_sizes():
     np.testing.assert_array_equal(out[i], _median_ref(images[i], k), err_msg=f"k={k}")
 
 
+def test_median_blur_above_the_networks_uses_bisection_and_matches_scipy():
+  """Sizes above 13 (bisection) and below (networks) routed in one vmapped call, and concrete 15."""
+  images = _image((4, 19, 18, 2), seed=9)
+  images[1] = np.round(images[1] * 3) / 3  # ties
+  sizes = np.array([15, 3, 17, 13], np.int32)
+  assert sizes.max() > flt.NETWORK_MAX_KERNEL_SIZE
+  out = np.asarray(jax.jit(jax.vmap(lambda x, k: flt.median_blur(x, k, max_kernel_size=17)))(
+      images, sizes))
+  for i, k in enumerate(sizes):
+    np.testing.assert_array_equal(out[i], _median_ref(images[i], k), err_msg=f"k={k}")
+  np.testing.assert_array_equal(flt.median_blur(images[0], 15), _median_ref(images[0], 15))
+
+
 def test_median_blur_negative_zero_and_tolerated_overshoot():
   """Values just outside [0, 1] (within tolerance) and -0.0 order like scipy's."""
   image = _image((9, 9, 1), seed=5, levels=2)

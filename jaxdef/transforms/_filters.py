@@ -29,6 +29,10 @@ from jaxdef.transforms._selection import median_of
 KERNEL_SIZE_RANGE = (2, 14)
 SIGMA_RANGE = (0.1, 3.1)
 
+# Kernel sizes up to this use selection networks (13 x 13: 1,884 steps per
+# pixel); beyond it the networks grow faster than bisection's 32 passes.
+NETWORK_MAX_KERNEL_SIZE = 13
+
 
 def _static_max_kernel_size(kernel_size: Any, max_kernel_size: int | None) -> int:
   """The window size the computation is built for (a static odd integer)."""
@@ -198,11 +202,6 @@ def median_blur(
     branches.append(functools.partial(_median_by_bisection, max_size=max_size))
   index = jnp.minimum((kernel_size - 1) >> 1, len(branches) - 1)  # shift, see _odd_kernel_size
   return routed_switch(index, branches, image, jnp.asarray(kernel_size, jnp.int32))
-
-
-# Kernel sizes up to this use selection networks (13 x 13: 1,884 steps per
-# pixel); beyond it the networks grow faster than bisection's 32 passes.
-NETWORK_MAX_KERNEL_SIZE = 13
 
 
 def _windows(image: jax.Array, kernel_size: int) -> list[jax.Array]:
