@@ -135,6 +135,12 @@ def _study(study: dict) -> list[str]:
   return lines
 
 
+def _notes(result: dict[str, Any]) -> list[str]:
+  if not result.get("notes"):
+    return []
+  return ["## Notes", "", *[f"- {note}" for note in result["notes"]], ""]
+
+
 def markdown(result: dict[str, Any]) -> str:
   """The whole report: environment, attack and vote tables, whole study, notes."""
   rows = result["results"]
@@ -144,9 +150,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["## BaRT against the cost of its transforms", "",
               _bart_rates.markdown(result["bart_rates"]), ""]
   if not rows and not result.get("study"):  # --bart_rates=only
-    if result.get("notes"):
-      lines += ["## Notes", "", *[f"- {note}" for note in result["notes"]], ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _notes(result))
   lines += ["## Attack steps: PGD with EOT-m, image-gradients per second", "",
             "An EOT-m step counts m image-gradients per image. Compilation is excluded (first "
             "call minus the median steady call, reported separately). PyTorch: the same "
@@ -159,8 +163,7 @@ def markdown(result: dict[str, Any]) -> str:
             "batch under `torch.inference_mode`.", "", _table(rows, "vote"), ""]
   lines += ["## Whole study: the default's k x m sweep, reference way vs jaxdef", "",
             *_study(result.get("study") or {"skipped": "not run"}), ""]
-  if result.get("notes"):
-    lines += ["## Notes", "", *[f"- {note}" for note in result["notes"]], ""]
+  lines += _notes(result)
   lines += ["Raw rows (bench.json):", "",
             tables.markdown(rows, [
                 ("engine", "engine"), ("model_label", "model"), ("dtype", "dtype"),

@@ -79,17 +79,11 @@ def routed_switch(index: Any, branches: Sequence[Callable[..., Any]], *operands:
   if np.ndim(index) != 0 or not jnp.issubdtype(jnp.result_type(index), jnp.integer):
     raise TypeError(f"index must be an integer scalar, got {index!r}")
   leaves, treedef = jax.tree_util.tree_flatten(operands)
-  # Typed PRNG keys travel as their raw uint32 data: custom_vjp and
-  # custom_vmap then only ever see plain arrays.
-  key_impls = [jax.random.key_impl(leaf) if _is_key(leaf) else None for leaf in leaves]
-  raw = [jax.random.key_data(leaf) if impl is not None else jnp.asarray(leaf)
-         for leaf, impl in zip(leaves, key_impls)]
+  raw, key_impls = _raw_keys([jnp.asarray(leaf) for leaf in leaves])
 
   def per_row(branch):
     def call(*row_leaves):
-      restored = [jax.random.wrap_key_data(leaf, impl=impl) if impl is not None else leaf
-                  for leaf, impl in zip(row_leaves, key_impls)]
-      return branch(*jax.tree_util.tree_unflatten(treedef, restored))
+      return branch(*jax.tree_util.tree_unflatten(treedef, _wrapped_keys(row_leaves, key_impls)))
     return call
 
   specs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in raw]
@@ -104,9 +98,7 @@ def routed_switch(index: Any, branches: Sequence[Callable[..., Any]], *operands:
     hoisted += [closed.consts[i] for i, _ in positions]
     row_branches.append(_evaluating(closed, positions, len(raw),
                                     jax.tree_util.tree_structure(shape)))
-  hoisted_impls = [jax.random.key_impl(h) if _is_key(h) else None for h in hoisted]
-  hoisted_raw = [jax.random.key_data(h) if impl is not None else h
-                 for h, impl in zip(hoisted, hoisted_impls)]
+  hoisted_raw, hoisted_impls = _raw_keys(hoisted)
   rewrapped = [_rewrapping(b, len(raw), hoisted_impls) for b in row_branches]
   all_leaves = raw + hoisted_raw
   router = _Router(tuple(rewrapped), tuple(leaf.dtype for leaf in all_leaves), out_shapes)
@@ -131,11 +123,26 @@ def _rewrapping(branch, num_leaves, impls):
   """Hoisted PRNG keys travel as raw data (like the operands); rewrap them for the branch."""
 
   def call(*args):
-    hoisted = [jax.random.wrap_key_data(value, impl=impl) if impl is not None else value
-               for value, impl in zip(args[num_leaves:], impls)]
-    return branch(*args[:num_leaves], *hoisted)
+    return branch(*args[:num_leaves], *_wrapped_keys(args[num_leaves:], impls))
 
   return call
+
+
+def _raw_keys(values: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+  """Typed PRNG keys as their raw uint32 data, and each value's key impl (None: not a key).
+
+  Keys travel raw so that custom_vjp and custom_vmap only ever see plain arrays.
+  """
+  impls = [jax.random.key_impl(value) if _is_key(value) else None for value in values]
+  raw = [jax.random.key_data(value) if impl is not None else value
+         for value, impl in zip(values, impls)]
+  return raw, impls
+
+
+def _wrapped_keys(values: Sequence[Any], impls: Sequence[Any]) -> list[Any]:
+  """Undoes `_raw_keys`."""
+  return [jax.random.wrap_key_data(value, impl=impl) if impl is not None else value
+          for value, impl in zip(values, impls)]
 
 
 def _common_output(outputs: Sequence[Any]) -> Any:
@@ -194,8 +201,7 @@ class _Router:
   def _bwd(self, residuals, cotangent):
     index, leaves = residuals
     cotangent_leaves = jax.tree_util.tree_leaves(cotangent)
-    grads = self.backward(index, *leaves, *cotangent_leaves)
-    grads = list(grads) if isinstance(grads, (tuple, list)) else [grads]
+    grads = list(self.backward(index, *leaves, *cotangent_leaves))  # one per float leaf
     result = [np.zeros(index.shape, jax.dtypes.float0)]
     for i, leaf in enumerate(leaves):
       result.append(grads.pop(0) if i in self.float_leaves
