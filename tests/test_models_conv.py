@@ -1,4 +1,4 @@
-"""The loop-friendly convolution: same values and gradients as lax, standard kernel layout."""
+"""The per-shape convolution: same values and gradients as lax in every formulation."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ CASES = [  # (input H=W, kernel, stride, padding per side)
     (14, 1, 2, 0),
     (9, 7, 2, 3),
     (11, 5, 3, 2),
+    (2, 3, 1, 1),  # output 2 x 2: unfolded both ways
+    (4, 3, 2, 1),  # output 2 x 2, strided
+    (1, 3, 1, 1),  # output 1 x 1, all but the centre tap in the padding
+    (8, 1, 1, 0),  # pointwise: a matmul
 ]
 
 
@@ -38,13 +42,79 @@ def test_values_and_gradients_match_lax(size, kernel, stride, pad):
   ours = lambda x, w: _conv.conv2d(x, w, (stride, stride), padding)
   ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding,
                                               dimension_numbers=DIMS)
-  np.testing.assert_array_equal(ours(x, w), ref(x, w))
+  np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
   out, ref_vjp = jax.vjp(ref, x, w)
   cotangent = jax.random.normal(jax.random.key(7), out.shape)
   _, our_vjp = jax.vjp(ours, x, w)
   for got, want in zip(our_vjp(cotangent), ref_vjp(cotangent)):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("formulation", _conv.FORMULATIONS)
+@pytest.mark.parametrize("shape,kernel,stride,padding", [
+    ((2, 9, 7, 3), 3, (2, 1), ((1, 1), (0, 2))),   # rectangular, uneven strides and padding
+    ((1, 5, 5, 4), 3, (2, 2), ((0, 0), (0, 0))),   # no padding: trailing rows unused
+    ((3, 6, 6, 2), 1, (2, 2), ((0, 0), (0, 0))),   # strided pointwise
+    ((2, 3, 3, 5), 5, (1, 1), ((2, 2), (2, 2))),   # kernel larger than the input
+])
+def test_each_formulation_matches_lax_both_ways(formulation, shape, kernel, stride, padding):
+  kx, kk, kg = jax.random.split(jax.random.key(11), 3)
+  x = jax.random.normal(kx, shape)
+  w = jax.random.normal(kk, (kernel, kernel, shape[3], 6)) / kernel
+  ref = lambda x: lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=DIMS)
+  out, ref_vjp = jax.vjp(ref, x)
+  got = _conv.forward(x, w, stride, padding, formulation)
+  np.testing.assert_allclose(got, out, rtol=1e-5, atol=1e-5)
+  assert _conv.output_size(shape, w.shape, stride, padding) == out.shape[1:3]
+  grad = jax.random.normal(kg, out.shape)
+  got_grad = _conv.input_gradient(grad, w, shape, stride, padding, formulation)
+  np.testing.assert_allclose(got_grad, ref_vjp(grad)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_formulations_stay_bfloat16_and_close_to_float32():
+  x, w = _inputs(4, 3, c_in=8, c_out=8)
+  padding = ((1, 1), (1, 1))
+  want = lax.conv_general_dilated(x, w, (2, 2), padding, dimension_numbers=DIMS)
+  loss = lambda x: jnp.sum(_conv.conv2d(x, w.astype(jnp.bfloat16), (2, 2), padding))
+  x16 = x.astype(jnp.bfloat16)
+  got = _conv.conv2d(x16, w.astype(jnp.bfloat16), (2, 2), padding)
+  assert got.dtype == jnp.bfloat16 and jax.grad(loss)(x16).dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("x_shape,kernel_shape,strides,padding,expected", [
+    # ResNet-18's last stage at 64 pixels: XLA's pathological 2 x 2 output.
+    ((64, 2, 2, 512), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), ("unfold", "unfold")),
+    ((64, 4, 4, 256), (3, 3, 256, 512), (2, 2), ((1, 1), (1, 1)), ("unfold", "unfold")),
+    # Pointwise convolutions are matmuls at any size.
+    ((8, 56, 56, 64), (1, 1, 64, 256), (1, 1), ((0, 0), (0, 0)), ("unfold", "unfold")),
+    # Large maps: XLA's convolution forward; strided input gradients unfold.
+    ((8, 56, 56, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), ("xla", "xla")),
+    ((8, 56, 56, 64), (3, 3, 64, 128), (2, 2), ((1, 1), (1, 1)), ("xla", "unfold")),
+    ((8, 224, 224, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3)), ("xla", "unfold")),
+    # Stride 1 up to 7 x 7 outputs: the input gradient unfolds.
+    ((8, 7, 7, 512), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), ("xla", "unfold")),
+    ((8, 8, 8, 128), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), ("xla", "xla")),
+])
+def test_plan_follows_the_measured_rule(x_shape, kernel_shape, strides, padding, expected):
+  chosen = _conv.plan(x_shape, kernel_shape, strides, padding)
+  assert (chosen.forward, chosen.input_gradient) == expected
+
+
+def test_recording_lists_every_convolution_of_a_resnet_in_call_order():
+  import jaxdef as jd
+
+  logits = jd.models.logits_fn(*jd.models.resnet(18, 10))
+  with _conv.recording() as shapes:
+    jax.eval_shape(logits, jnp.zeros((2, 64, 64, 3)))
+  # conv1, then 4 stages of 2 blocks (2 convs each, plus a shortcut in stages 2-4).
+  assert len(shapes) == 1 + 16 + 3
+  assert shapes[0] == _conv.ConvShape((2, 64, 64, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3)))
+  assert shapes[-1].x_shape == (2, 2, 2, 512) and shapes[-1].kernel_shape == (3, 3, 512, 512)
+  with _conv.recording() as nothing:
+    pass
+  assert nothing == [] and not _conv._RECORDERS
 
 
 def test_input_gradient_matches_numpy_finite_differences():

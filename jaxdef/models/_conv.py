@@ -1,30 +1,53 @@
-"""A 2-D convolution whose input gradient runs at full speed inside XLA CPU loops.
+"""2-D convolution, in the formulation XLA's CPU backend runs well for each shape.
 
-Why this exists. An attack differentiates the model with respect to its
-input inside a compiled `lax.fori_loop`. The input gradient of a convolution
-is a convolution of the output gradient with the spatially flipped kernel
-whose in/out channel axes are swapped. JAX's transpose rule expresses the
-swap by relabelling the kernel's dimensions (``01oi``) instead of moving
-data. Outside a loop the weights are constants and XLA folds the flip into
-a fresh ``01io`` constant; inside a loop the weights are loop-carried
-values, the ``01oi`` convolution stays, and XLA's CPU backend runs it on a
-slow generic path instead of its Eigen/oneDNN-style kernel. On the small
-ResNet, a 5-step EOT-10 PGD ran about 4x slower than the same steps taken
-one by one (measured with /tmp probes; see BENCHMARKS.md for the bench).
+Why this exists. Every convolution of jaxdef's models goes through here, for
+two measured reasons (figures: ``python -m launch.bench``'s per-shape table,
+BENCHMARKS.md).
 
-Here the input gradient is written out: the flipped, swapped kernel is
-materialised in the standard HWIO layout behind an optimization barrier (so
-the simplifier cannot fold the transpose back into dimension labels) and
-convolved with the dilated output gradient. The kernel gradient is JAX's
-own. Values agree with JAX's autodiff to float32 rounding (tested).
+1. XLA CPU's own convolution has pathological shapes. A 3 x 3 convolution
+   whose output map is 2 x 2 or smaller (ResNet's last stages at 32 or 64
+   pixels) ran 10x to 150x slower than PyTorch (64 x 2 x 2 x 512 -> 512:
+   528 ms against 4 ms), and so did the input gradient of a strided
+   convolution with a small output (4 x 4 x 512 -> 2 x 2 x 512: 404 ms
+   against 18 ms). Written as an *unfold* -- the k x k shifted (strided)
+   slices of the padded input concatenated on the channel axis, then one
+   matmul with the kernel reshaped to (k k C_in, C_out) -- the same
+   convolutions run at PyTorch's speed, and their input gradient (the
+   transpose: one matmul, then the slices' transposes, pads that add into
+   place) does too. On large maps the other way round holds: building the
+   unfolded copy costs more than XLA's convolution (56 x 56 x 64 -> 64,
+   batch 8: 36 ms against 13 ms), so those keep XLA's.
+2. Inside a compiled attack loop the weights are loop-carried values and
+   JAX's transpose rule expresses the input gradient's kernel flip by
+   relabelling dimensions (``01oi``), which XLA CPU runs on a slow generic
+   path. Where XLA's convolution computes the input gradient, the flipped,
+   channel-swapped kernel is materialised in the standard HWIO layout
+   behind an optimization barrier.
 
-The convolution is reverse-mode only (`jax.custom_vjp`): `jax.jvp` through
-a model built on it raises, as for any custom-VJP function.
+`plan` is the rule, from those measurements (2-core Xeon, batch 8 to 64,
+every distinct convolution of ResNet-18/50 at 32, 64 and 224 pixels):
+
+* 1 x 1 kernels: a matmul of the strided input, both ways (never slower
+  than XLA's convolution, up to 2.3x faster).
+* output map of at most `UNFOLD_MAX_OUTPUT_PIXELS` pixels: unfold, both
+  ways.
+* input gradient of a strided convolution, or of one whose output map has
+  at most `UNFOLD_GRADIENT_MAX_OUTPUT_PIXELS` pixels: unfold's transpose.
+* otherwise XLA's convolution (forward) and the HWIO flipped-kernel
+  convolution (input gradient).
+
+The kernel gradient is JAX's own derivative of the forward formulation.
+Values agree with `lax.conv_general_dilated` to float32 rounding (tested).
+The convolution is reverse-mode only (`jax.custom_vjp`): `jax.jvp` through a
+model built on it raises, as for any custom-VJP function.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,35 +56,74 @@ import jax.numpy as jnp
 from jax import lax
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+XLA, UNFOLD = "xla", "unfold"
+FORMULATIONS = (XLA, UNFOLD)
+# Output pixels (H_out x W_out) up to which the forward pass unfolds: XLA's
+# convolution was 1.5x (4 x 4 -> 2 x 2, stride 2) to 150x slower there, and
+# at 4 x 4 outputs and above it was as fast or faster than unfolding.
+UNFOLD_MAX_OUTPUT_PIXELS = 4
+# Output pixels up to which a stride-1 input gradient unfolds: 7 x 7 and
+# smaller ran 1.2x to 1.7x faster than the flipped-kernel convolution, 8 x 8
+# and larger 0.85x to 0.5x.
+UNFOLD_GRADIENT_MAX_OUTPUT_PIXELS = 49
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def _forward(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-             padding: tuple[tuple[int, int], ...]) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Which formulation computes the forward pass and which the input gradient."""
+  forward: str
+  input_gradient: str
+
+
+def output_size(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: Sequence[int],
+                padding: Padding) -> tuple[int, int]:
+  """(H_out, W_out) of an NHWC input `x_shape` under an HWIO kernel."""
+  return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi)
+               in zip(x_shape[1:3], kernel_shape[:2], strides, padding))
+
+
+def plan(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: Sequence[int],
+         padding: Padding) -> Plan:
+  """The formulations `conv2d` uses for this shape (the rule in the module docstring)."""
+  height, width = output_size(x_shape, kernel_shape, strides, padding)
+  pixels = height * width
+  pointwise = tuple(kernel_shape[:2]) == (1, 1)
+  forward = UNFOLD if pointwise or pixels <= UNFOLD_MAX_OUTPUT_PIXELS else XLA
+  gradient = UNFOLD if (forward == UNFOLD or max(strides) > 1
+                        or pixels <= UNFOLD_GRADIENT_MAX_OUTPUT_PIXELS) else XLA
+  return Plan(forward, gradient)
+
+
+def _xla_forward(x, kernel, strides, padding):
   return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMENSIONS)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-           padding: tuple[tuple[int, int], ...]) -> jax.Array:
-  """NHWC x HWIO convolution with explicit padding.
-
-  Args:
-    x: float (B, H, W, C_in).
-    kernel: float (KH, KW, C_in, C_out).
-    strides: (sh, sw) positive ints.
-    padding: ((top, bottom), (left, right)) non-negative ints.
-
-  Returns:
-    float (B, H_out, W_out, C_out), identical to `lax.conv_general_dilated`.
-  """
-  return _forward(x, kernel, strides, padding)
+def _unfold_forward(x, kernel, strides, padding):
+  """The convolution as one matmul of the k x k strided shifts of the padded input."""
+  kh, kw, c_in, c_out = kernel.shape
+  height, width = output_size(x.shape, kernel.shape, strides, padding)
+  padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  sh, sw = strides
+  # Tap (i, j) of every output pixel; concatenated in HWIO's (i, j, c_in) order.
+  shifts = [lax.slice(padded, (0, i, j, 0),
+                      (x.shape[0], i + sh * (height - 1) + 1, j + sw * (width - 1) + 1, c_in),
+                      (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+  columns = shifts[0] if len(shifts) == 1 else jnp.concatenate(shifts, axis=-1)
+  return jnp.dot(columns, kernel.reshape(kh * kw * c_in, c_out))
 
 
-def _conv2d_fwd(x, kernel, strides, padding):
-  return _forward(x, kernel, strides, padding), (x, kernel)
+def forward(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Padding,
+            formulation: str) -> jax.Array:
+  """The convolution in the named formulation (one of `FORMULATIONS`)."""
+  if formulation == UNFOLD:
+    return _unfold_forward(x, kernel, strides, padding)
+  return _xla_forward(x, kernel, strides, padding)
 
 
-def _input_gradient_padding(x_shape, out_shape, kernel_shape, strides, padding):
+def _gradient_padding(x_shape, out_shape, kernel_shape, strides, padding):
   """Padding of the stride-dilated output gradient that recovers the input size.
 
   Per spatial axis with input n, output o, kernel k, stride s and padding
@@ -76,21 +138,93 @@ def _input_gradient_padding(x_shape, out_shape, kernel_shape, strides, padding):
   return tuple(pads)
 
 
-def _conv2d_bwd(strides, padding, residuals, grad):
-  x, kernel = residuals
+def input_gradient(grad: jax.Array, kernel: jax.Array, x_shape: Sequence[int],
+                   strides: tuple[int, int], padding: Padding, formulation: str) -> jax.Array:
+  """d(sum(conv(x) * grad)) / dx for an input of `x_shape`, in the named formulation."""
+  if formulation == UNFOLD:
+    transpose = jax.linear_transpose(
+        lambda x: _unfold_forward(x, kernel, strides, padding),
+        jax.ShapeDtypeStruct(tuple(x_shape), grad.dtype))
+    return transpose(grad)[0]
   # HWIO layout of the flipped, channel-swapped kernel, kept as real data.
   flipped = lax.optimization_barrier(jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
-  pads = _input_gradient_padding(x.shape, grad.shape, kernel.shape, strides, padding)
-  grad_x = lax.conv_general_dilated(grad, flipped, (1, 1), pads, lhs_dilation=strides,
-                                    dimension_numbers=_DIMENSIONS)
-  _, kernel_vjp = jax.vjp(lambda k: _forward(x, k, strides, padding), kernel)
+  pads = _gradient_padding(x_shape, grad.shape, kernel.shape, strides, padding)
+  return lax.conv_general_dilated(grad, flipped, (1, 1), pads, lhs_dilation=strides,
+                                  dimension_numbers=_DIMENSIONS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+           padding: Padding) -> jax.Array:
+  """NHWC x HWIO convolution with explicit padding, in the formulation `plan` picks.
+
+  Args:
+    x: float (B, H, W, C_in).
+    kernel: float (KH, KW, C_in, C_out).
+    strides: (sh, sw) positive ints.
+    padding: ((top, bottom), (left, right)) non-negative ints.
+
+  Returns:
+    float (B, H_out, W_out, C_out), equal to `lax.conv_general_dilated` to
+    float32 rounding.
+  """
+  return _planned_forward(x, kernel, strides, padding)
+
+
+def _planned_forward(x, kernel, strides, padding):
+  _record(x, kernel, strides, padding)
+  return forward(x, kernel, strides, padding, plan(x.shape, kernel.shape, strides, padding).forward)
+
+
+def _conv2d_fwd(x, kernel, strides, padding):
+  return _planned_forward(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv2d_bwd(strides, padding, residuals, grad):
+  x, kernel = residuals
+  chosen = plan(x.shape, kernel.shape, strides, padding)
+  grad_x = input_gradient(grad, kernel, x.shape, strides, padding, chosen.input_gradient)
+  _, kernel_vjp = jax.vjp(lambda k: forward(x, k, strides, padding, chosen.forward), kernel)
   return grad_x.astype(x.dtype), kernel_vjp(grad)[0]
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-def _explicit_padding(padding: Any) -> tuple[tuple[int, int], ...] | None:
+@dataclasses.dataclass(frozen=True)
+class ConvShape:
+  """One convolution a model runs: NHWC input and HWIO kernel shapes, strides, padding."""
+  x_shape: tuple[int, ...]
+  kernel_shape: tuple[int, ...]
+  strides: tuple[int, int]
+  padding: Padding
+
+
+_RECORDERS: list[list[ConvShape]] = []
+
+
+def _record(x, kernel, strides, padding) -> None:
+  for shapes in _RECORDERS:
+    shapes.append(ConvShape(tuple(x.shape), tuple(kernel.shape), tuple(strides),
+                            tuple(tuple(p) for p in padding)))
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[ConvShape]]:
+  """Collects the shape of every `conv2d` traced inside the block, in call order.
+
+  Trace the model (``jax.eval_shape`` is enough) inside ``with recording()
+  as shapes:``; vmapped calls record their per-example shapes.
+  """
+  shapes: list[ConvShape] = []
+  _RECORDERS.append(shapes)
+  try:
+    yield shapes
+  finally:
+    _RECORDERS.remove(shapes)
+
+
+def _explicit_padding(padding: Any) -> Padding | None:
   if isinstance(padding, str):
     return None
   try:
