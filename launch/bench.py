@@ -7,7 +7,9 @@ compile seconds are reported separately):
   1. PGD with EOT-m in image-gradients per second (an EOT-m step counts m
      per image) against randomized smoothing (sigma 0.25) and BaRT
      (kappa 6), and votes in defended forward passes per second, for the
-     small Fashion-MNIST ResNet at each --widths and ResNet-50 at 224 x 224;
+     small Fashion-MNIST ResNet at each --widths and the study's ImageNet
+     ResNets (--resnets: ResNet-18 and ResNet-50 at 32, 64 and 224 pixels),
+     with every distinct convolution of those timed alone (--conv_shapes);
   2. XLA's FLOPs per image-gradient and the fraction of the device's peak
      reached (CPU: nominal from lscpu and a measured matmul; GPU: datasheet);
   3. the same architecture and weights in PyTorch (the Flax weights are
@@ -40,9 +42,17 @@ Flags:
   --widths: small-ResNet stage widths, e.g. 8-16-32,16-32-64 (BaRT runs on
     the first only: it compiles for minutes on a CPU).
   --bart_batch, --bart_steps, --bart_votes: BaRT's sizes (slow on a CPU).
-  --resnet50: auto (smoke on CPU, full on GPU) | off | smoke (1 image,
-    1 step, EOT-first m) | full; --resnet50_batch (0: 1 smoke, 32 full).
-  --bfloat16: auto (GPU only) | on | off: also measure bfloat16 compute.
+  --resnets: ImageNet ResNets as depth@pixels (default
+    18@32,18@64,18@224,50@32,50@64,50@224; empty: none).
+  --resnet_mode: auto (cpu on a CPU, full on a GPU) | cpu (32 images x 5
+    steps at 32 and 64 pixels, 4 x 2 at 224, smoothing only) | full (batch
+    128, 32 at 224, every defense) | smoke (1 image, 1 step, first m);
+    --resnet_batch overrides the batch (0: by mode).
+  --[no]conv_shapes: each distinct convolution of every --resnets model
+    alone, forward and input gradient, both jaxdef formulations and
+    PyTorch, at the attack rows' batch.
+  --bfloat16: auto (GPU only) | on | off: also measure bfloat16 compute;
+    only: bfloat16 alone.
   --[no]torch: the PyTorch rows; --threads: torch threads (0: one per
     usable CPU, XLA's CPU thread-pool size).
   --repeats, --row_budget_s: timed calls per row, stopping early once a
@@ -61,7 +71,8 @@ Flags:
     each of its six transforms alone in image-draws per second at 28 x 28
     (batch 16), 64 x 64 (batch 16) and 224 x 224 (batch 4), RGB, with the
     ratio BaRT-kappa / (sum of its kappa transforms); "only" measures just
-    that (about 5 minutes on 2 CPU cores).
+    that (about 5 minutes on 2 CPU cores); --bart_rates_sizes (side x batch,
+    e.g. 28x16,224x4) and --bart_rates_kappas (e.g. 1,6) narrow it.
   --[no]progress: the study's progress bars.
 """
 
@@ -96,12 +107,16 @@ _WIDTHS = flags.DEFINE_list("widths", ["-".join(map(str, w)) for w in _DEFAULTS.
 _BART_BATCH = flags.DEFINE_integer("bart_batch", _DEFAULTS.bart_batch, "BaRT attack batch.")
 _BART_STEPS = flags.DEFINE_integer("bart_steps", _DEFAULTS.bart_steps, "BaRT PGD steps.")
 _BART_VOTES = flags.DEFINE_integer("bart_votes", _DEFAULTS.bart_votes, "BaRT votes.")
-_RESNET50 = flags.DEFINE_enum("resnet50", _DEFAULTS.resnet50, _harness.RESNET50_MODES,
-                              "ResNet-50 at 224x224: auto = smoke on CPU, full on GPU.")
-_RESNET50_BATCH = flags.DEFINE_integer("resnet50_batch", 0,
-                                       "ResNet-50 batch (0: 1 smoke, 32 full).")
-_BFLOAT16 = flags.DEFINE_enum("bfloat16", _DEFAULTS.bfloat16, _harness.SWITCHES,
-                              "Also measure bfloat16 compute (auto: on a GPU only).")
+_RESNETS = flags.DEFINE_list("resnets", list(_DEFAULTS.resnets),
+                             "ImageNet ResNets as depth@pixels, e.g. 18@64,50@224.")
+_RESNET_MODE = flags.DEFINE_enum("resnet_mode", _DEFAULTS.resnet_mode, _harness.RESNET_MODES,
+                                 "ImageNet ResNet sizes: auto = cpu on a CPU, full on a GPU.")
+_RESNET_BATCH = flags.DEFINE_integer("resnet_batch", 0, "ImageNet ResNet batch (0: by mode).")
+_CONV_SHAPES = flags.DEFINE_bool("conv_shapes", True, "Time every distinct convolution of "
+                                 "the --resnets models alone, against PyTorch.")
+_BFLOAT16 = flags.DEFINE_enum("bfloat16", _DEFAULTS.bfloat16, _harness.BFLOAT16_MODES,
+                              "Also measure bfloat16 compute (auto: on a GPU only; only: "
+                              "bfloat16 alone).")
 _TORCH = flags.DEFINE_bool("torch", True, "Measure the PyTorch side (benchmark extra).")
 _THREADS = flags.DEFINE_integer("threads", 0, "torch threads (0: one per usable CPU).")
 _REPEATS = flags.DEFINE_integer("repeats", _DEFAULTS.repeats, "Most timed calls per row.")
@@ -126,6 +141,12 @@ _BART_RATES = flags.DEFINE_enum(
     "bart_rates", _DEFAULTS.bart_rates, _harness.BART_RATES_MODES,
     "BaRT-1..6 and each of its transforms alone, draws/s at 28, 64 and 224 pixels (RGB): "
     "on, off, or only (measure nothing else).")
+_BART_RATES_SIZES = flags.DEFINE_list(
+    "bart_rates_sizes", [f"{side}x{batch}" for side, batch in _DEFAULTS.bart_rates_sizes],
+    "BaRT rates' sizes as side x batch, e.g. 28x16,224x4.")
+_BART_RATES_KAPPAS = flags.DEFINE_list(
+    "bart_rates_kappas", [str(k) for k in _DEFAULTS.bart_rates_kappas],
+    "BaRT rates' kappa values, e.g. 1,6.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars of the study (the "
                               "per-measurement lines are always printed).")
 
@@ -135,6 +156,17 @@ def _widths(values: list[str]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(int(w) for w in value.split("-")) for value in values)
   except ValueError:
     raise app.UsageError(f"--widths must look like 8-16-32,16-32-64; got {values}") from None
+
+
+def _integers(name: str, values: list[str], separator: str = "") -> tuple:
+  """Comma-separated integers, or side x batch pairs when `separator` is "x"."""
+  try:
+    if separator:
+      return tuple(tuple(int(v) for v in value.split(separator)) for value in values)
+    return tuple(int(value) for value in values)
+  except ValueError:
+    example = "28x16,224x4" if separator else "1,6"
+    raise app.UsageError(f"--{name} must look like {example}; got {values}") from None
 
 
 def main(argv):
@@ -155,12 +187,15 @@ def main(argv):
         vote_batch=_VOTE_BATCH.value, vote_chunk=_VOTE_CHUNK.value,
         defenses=tuple(dict.fromkeys(_DEFENSES.value)), widths=_widths(_WIDTHS.value),
         bart_batch=_BART_BATCH.value, bart_steps=_BART_STEPS.value,
-        bart_votes=_BART_VOTES.value, resnet50=_RESNET50.value,
-        resnet50_batch=_RESNET50_BATCH.value, bfloat16=_BFLOAT16.value, torch=_TORCH.value,
+        bart_votes=_BART_VOTES.value, resnets=tuple(_RESNETS.value),
+        resnet_mode=_RESNET_MODE.value, resnet_batch=_RESNET_BATCH.value,
+        conv_shapes=_CONV_SHAPES.value, bfloat16=_BFLOAT16.value, torch=_TORCH.value,
         threads=_THREADS.value, repeats=_REPEATS.value, row_budget_s=_ROW_BUDGET.value,
         flops=_FLOPS.value, study=_STUDY.value, study_images=_STUDY_IMAGES.value,
         study_workdir=_STUDY_WORKDIR.value, study_torch=_STUDY_TORCH.value,
-        progress=_PROGRESS.value, eot_rows_per_call=eot_rows, bart_rates=_BART_RATES.value)
+        progress=_PROGRESS.value, eot_rows_per_call=eot_rows, bart_rates=_BART_RATES.value,
+        bart_rates_sizes=_integers("bart_rates_sizes", _BART_RATES_SIZES.value, "x"),
+        bart_rates_kappas=_integers("bart_rates_kappas", _BART_RATES_KAPPAS.value))
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   with WorkdirLock(_WORKDIR.value):  # one benchmark per workdir (bench.json, study_sweep/)

@@ -31,6 +31,7 @@ from jaxdef.bench import _torch
 from jaxdef.classifier import StochasticClassifier
 from jaxdef.experiments import _sources
 from jaxdef.experiments import _sweep
+from jaxdef.models import _conv
 
 HAS_TORCH = _torch.availability()["torch"] is not None
 HAS_TORCHATTACKS = _torch.availability()["torchattacks"] is not None
@@ -38,7 +39,7 @@ needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed "
                                  "(requirements-bench.txt)")
 
 TINY = _harness.Options(batch=3, steps=1, eots=(1, 2), votes=4, vote_batch=3, vote_chunk=4,
-                        defenses=("smoothing",), widths=((4,),), resnet50="off", repeats=1,
+                        defenses=("smoothing",), widths=((4,),), resnets=(), repeats=1,
                         row_budget_s=1.0, study=False, progress=False, matmul_size=128,
                         bart_rates="off")
 
@@ -199,8 +200,16 @@ def test_time_calls_stops_at_the_budget_and_counts_calls():
 def test_options_name_the_bad_argument():
   with pytest.raises(ValueError, match="defenses must be chosen from smoothing, bart"):
     _harness.Options(defenses=("jpeg",))
-  with pytest.raises(ValueError, match="resnet50 must be one of auto, off, smoke, full"):
-    _harness.Options(resnet50="big")
+  with pytest.raises(ValueError, match="resnet_mode must be one of auto, cpu, full, smoke"):
+    _harness.Options(resnet_mode="big")
+  with pytest.raises(ValueError, match=r"resnets entries must be depth@pixels .* got '50x224'"):
+    _harness.Options(resnets=("50x224",))
+  with pytest.raises(ValueError, match="depth one of 18, 34, 50, 101, 152 .* got '20@64'"):
+    _harness.Options(resnets=("20@64",))
+  with pytest.raises(ValueError, match="bart_rates_kappas must be chosen from 1, 2, 3"):
+    _harness.Options(bart_rates_kappas=(7,))
+  with pytest.raises(ValueError, match="bart_rates_sizes must be"):
+    _harness.Options(bart_rates_sizes=((28,),))
   with pytest.raises(ValueError, match="eots must be positive integers"):
     _harness.Options(eots=(0,))
   with pytest.raises(ValueError, match="study_images must be a positive integer"):
@@ -305,3 +314,28 @@ def test_key_derivation_matches_the_sweep():
   expected = jax.random.split(jax.random.fold_in(steps_key, 3), 2)
   assert all(np.array_equal(jax.random.key_data(a), jax.random.key_data(b))
              for a, b in zip(draws, expected))
+
+
+@needs_torch
+def test_conv_shapes_times_every_distinct_convolution_against_torch():
+  from jaxdef.bench import _conv_shapes
+
+  model, variables = models.small_resnet(10, widths=(4, 8))
+  logits = models.logits_fn(model, variables)
+  distinct = _conv_shapes.distinct_shapes(logits, (28, 28, 1), 2)
+  # Stem, stage 1 (two 3x3 convs of one shape), stage 2 (strided 3x3, 3x3, 1x1 shortcut).
+  assert [count for _, count in distinct] == [1, 2, 1, 1, 1]
+  rows = _conv_shapes.measure(logits, (28, 28, 1), 2, torch=True, model_label="tiny",
+                              repeats=1, budget_s=0.1, log=lambda _: None)
+  assert len(rows) == len(distinct)
+  for row, (shape, _) in zip(rows, distinct):
+    assert row["x_shape"] == list(shape.x_shape)
+    chosen = _conv.plan(shape.x_shape, shape.kernel_shape, shape.strides, shape.padding)
+    assert row["plan"] == {"forward": chosen.forward, "input_gradient": chosen.input_gradient}
+    assert row["jaxdef_forward_s"] == row["seconds"][f"{chosen.forward}_forward"]
+    assert row["forward_vs_torch"] == pytest.approx(
+        row["seconds"]["torch_forward"] / row["jaxdef_forward_s"])
+    assert isinstance(row["rule_picked_faster_gradient"], bool)
+  table = _conv_shapes.markdown(rows)
+  assert "**tiny** (5 distinct convolutions; slowest against PyTorch:" in table
+  assert "| 2 x 28 x 28 x 4 -> 8, 3x3 stride 2 | 1 |" in table

@@ -59,7 +59,7 @@ def test_bench_writes_throughput_records(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   done = subprocess.run(
       [sys.executable, "-m", "launch.bench", f"--workdir={tmp_path}", "--batch=4", "--steps=1",
-       "--eot=1,2", "--votes=4", "--defense=smoothing", "--widths=4-8", "--resnet50=off",
+       "--eot=1,2", "--votes=4", "--defense=smoothing", "--widths=4-8", "--resnets=",
        "--notorch", "--nostudy", "--flops=off", "--bart_rates=off"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -69,3 +69,33 @@ def test_bench_writes_throughput_records(tmp_path):
   assert all(r["defense"] == "randomized_smoothing(0.25)" for r in rows)
   assert rows[0]["image_gradients_per_second"] > 0 and rows[2]["forward_passes_per_second"] > 0
   assert "image-gradients/s" in (tmp_path / "bench.md").read_text()
+
+
+def test_gpu_bench_smoke_runs_the_gpu_command_on_this_machine(tmp_path):
+  # The CPU smoke mode of the GPU command: its code path end to end, tiny sizes.
+  env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHON=sys.executable)
+  done = subprocess.run(["bash", "launch/gpu_bench.sh", "--smoke", str(tmp_path)], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads((tmp_path / "bench.json").read_text())
+  ours = [r for r in result["results"] if r["engine"] == "jaxdef"]
+  assert {(r["model_label"], r["kind"], r.get("eot")) for r in ours} == {
+      ("resnet18 32x32", "pgd", 2), ("resnet18 32x32", "vote", None)}
+  assert all(r["batch"] == 1 for r in ours) and ours[0]["image_gradients_per_second"] > 0
+  # ResNet-18's 11 distinct convolutions, each timed in both formulations.
+  shapes = result["conv_shapes"]
+  assert len(shapes) == 11 and all(s["x_shape"][0] == 1 for s in shapes)
+  assert all(s["seconds"]["xla_forward"] > 0 and s["seconds"]["unfold_gradient"] > 0
+             for s in shapes)
+  (size,) = result["bart_rates"]["sizes"]
+  assert (size["side"], size["batch"], list(size["bart"])) == (28, 2, ["1"])
+  report = (tmp_path / "bench.md").read_text()
+  assert "## Convolutions one by one" in report and "resnet18 32x32" in report
+
+
+def test_gpu_bench_without_a_gpu_says_how_to_get_one(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHON=sys.executable)
+  done = subprocess.run(["bash", "launch/gpu_bench.sh", str(tmp_path)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2 and "JAX sees no GPU" in done.stderr and "--smoke" in done.stderr
+  assert not (tmp_path / "bench.json").exists()

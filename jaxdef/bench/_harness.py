@@ -1,9 +1,11 @@
 """The benchmark run behind ``python -m launch.bench``: what is measured, in which order.
 
-For every model (the small Fashion-MNIST ResNet at each width, ResNet-50 at
-224 x 224), compute dtype and defense: PGD with EOT-m for every m, and a
-vote, in jaxdef and -- randomized smoothing only, when the benchmark extra
-is installed -- in PyTorch with the same weights; then the whole-study
+For every model (the small Fashion-MNIST ResNet at each width, the ImageNet
+ResNets of `Options.resnets`: ResNet-18 and ResNet-50 at 32, 64 and 224
+pixels), compute dtype and defense: PGD with EOT-m for every m, and a vote,
+in jaxdef and -- randomized smoothing only, when the benchmark extra is
+installed -- in PyTorch with the same weights; every distinct convolution
+of each ImageNet ResNet alone (`_conv_shapes`); then the whole-study
 comparison. Results go to ``bench.json`` and ``bench.md``.
 """
 
@@ -26,6 +28,7 @@ from jaxdef import defenses
 from jaxdef import models
 from jaxdef.attacks._eot import chunk_under
 from jaxdef.bench import _bart_rates
+from jaxdef.bench import _conv_shapes
 from jaxdef.bench import _device
 from jaxdef.bench import _report
 from jaxdef.bench import _study
@@ -33,12 +36,18 @@ from jaxdef.bench import _throughput
 from jaxdef.bench import _torch
 from jaxdef.classifier import StochasticClassifier
 from jaxdef.experiments import _records
+from jaxdef.models import _resnet
 
 SIGMA = 0.25
 KAPPA = 6
 DEFENSE_LABELS = {"smoothing": f"randomized_smoothing({SIGMA})", "bart": f"bart(kappa={KAPPA})"}
-RESNET50_MODES = ("auto", "off", "smoke", "full")
-SWITCHES = ("auto", "on", "off")
+# The study's ImageNet ResNets, "depth@pixels"; RESNET_MODES size them:
+# cpu (small batches, smoothing only), full (the study's batches, every
+# defense), smoke (one image, one step, the first EOT m), auto (cpu on a
+# CPU, full on a GPU).
+IMAGENET_RESNETS = ("18@32", "18@64", "18@224", "50@32", "50@64", "50@224")
+RESNET_MODES = ("auto", "cpu", "full", "smoke")
+BFLOAT16_MODES = ("auto", "on", "off", "only")
 FLOPS_MODES = ("auto", "compiled", "lowered", "off")
 STUDY_TORCH_MODES = ("sample", "all", "off")
 BART_RATES_MODES = ("on", "off", "only")
@@ -62,8 +71,11 @@ class Options:
   bart_batch: int = 8
   bart_steps: int = 1
   bart_votes: int = 50
-  resnet50: str = "auto"
-  resnet50_batch: int = 0
+  resnets: tuple[str, ...] = IMAGENET_RESNETS
+  resnet_mode: str = "auto"
+  resnet_batch: int = 0  # 0: by mode and size (see `_resnet_sizes`)
+  # Every distinct convolution of each ImageNet ResNet alone, against PyTorch.
+  conv_shapes: bool = True
   bfloat16: str = "auto"
   torch: bool = True
   threads: int = 0
@@ -83,6 +95,9 @@ class Options:
   # BaRT-1..6 and each transform alone, draws/s at 28, 64 and 224 pixels
   # (`_bart_rates`): on, off, or only (nothing else is measured).
   bart_rates: str = "on"
+  # Its (side, batch) sizes and BaRT-kappa values.
+  bart_rates_sizes: tuple[tuple[int, int], ...] = _bart_rates.SIZES
+  bart_rates_kappas: tuple[int, ...] = _bart_rates.KAPPAS
 
   def __post_init__(self):
     for name in ("batch", "steps", "votes", "vote_batch", "vote_chunk", "bart_batch",
@@ -98,18 +113,40 @@ class Options:
                        f"{self.defenses!r}")
     if any(not w or min(w) < 1 for w in self.widths):
       raise ValueError(f"widths must be positive channel counts per stage, got {self.widths!r}")
-    for name, allowed in (("resnet50", RESNET50_MODES), ("bfloat16", SWITCHES),
+    for entry in self.resnets:
+      parse_resnet(entry)
+    for name, allowed in (("resnet_mode", RESNET_MODES), ("bfloat16", BFLOAT16_MODES),
                           ("flops", FLOPS_MODES), ("study_torch", STUDY_TORCH_MODES),
                           ("bart_rates", BART_RATES_MODES)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, got "
                          f"{getattr(self, name)!r}")
-    for name in ("resnet50_batch", "threads", "matmul_size") + (
+    for name in ("resnet_batch", "threads", "matmul_size") + (
         ("eot_rows_per_call",) if self.eot_rows_per_call is not None else ()):
       if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+    if not self.bart_rates_sizes or any(
+        len(size) != 2 or min(size) < 1 for size in self.bart_rates_sizes):
+      raise ValueError(f"bart_rates_sizes must be (side, batch) pairs of positive integers, got "
+                       f"{self.bart_rates_sizes!r}")
+    if not self.bart_rates_kappas or any(k not in _bart_rates.KAPPAS
+                                         for k in self.bart_rates_kappas):
+      raise ValueError(f"bart_rates_kappas must be chosen from "
+                       f"{', '.join(map(str, _bart_rates.KAPPAS))}, got "
+                       f"{self.bart_rates_kappas!r}")
     if self.row_budget_s <= 0:
       raise ValueError(f"row_budget_s must be > 0, got {self.row_budget_s!r}")
+
+
+def parse_resnet(entry: str) -> tuple[int, int]:
+  """"50@224" -> (50, 224): an ImageNet ResNet depth and square input size in pixels."""
+  depth, _, size = str(entry).partition("@")
+  if (not depth.isdigit() or not size.isdigit() or int(depth) not in _resnet.IMAGENET_DEPTHS
+      or int(size) < 32):
+    raise ValueError(f"resnets entries must be depth@pixels with depth one of "
+                     f"{', '.join(map(str, sorted(_resnet.IMAGENET_DEPTHS)))} and pixels >= 32 "
+                     f"(e.g. 50@224), got {entry!r}")
+  return int(depth), int(size)
 
 
 @dataclasses.dataclass
@@ -157,22 +194,23 @@ def _small_resnet(widths: tuple[int, ...], count: int, torch_ready: bool) -> _Mo
   return _Model("small_resnet", label, flax_model, variables, net, images, labels, error)
 
 
-def _resnet50(count: int, torch_ready: bool) -> _Model:
-  """ResNet-50 at 224 x 224 on random images; with torchvision, torchvision's weights."""
-  flax_model, variables = models.resnet(50, 1000)
+def _imagenet_resnet(depth: int, size: int, count: int, torch_ready: bool) -> _Model:
+  """ResNet-`depth` at size x size on random images; with torchvision, torchvision's weights."""
+  flax_model, variables = models.resnet(depth, 1000)
   rng = np.random.default_rng(0)
-  images = rng.random((count, 224, 224, 3), dtype=np.float32)
+  images = rng.random((count, size, size, 3), dtype=np.float32)
   labels = rng.integers(0, 1000, count).astype(np.int32)
   net, error = None, None
+  label = f"resnet{depth} {size}x{size}"
   if torch_ready:
-    net, state = _torch.resnet50(seed=0)
-    variables = models.from_torchvision(state, depth=50)
+    net, state = _torch.resnet(depth, seed=0)
+    variables = models.from_torchvision(state, depth=depth)
     error = _torch.parity_error(net, models.logits_fn(flax_model, variables), images[:1])
     if error > _torch.PARITY_TOLERANCE:
-      raise RuntimeError(f"ResNet-50: torch and Flax logits disagree (relative error "
+      raise RuntimeError(f"{label}: torch and Flax logits disagree (relative error "
                          f"{error:.2e} > {_torch.PARITY_TOLERANCE:g}); not timing them")
     net = net.to(_torch.device())
-  return _Model("resnet50", "resnet50 224x224", flax_model, variables, net, images, labels, error)
+  return _Model(f"resnet{depth}", label, flax_model, variables, net, images, labels, error)
 
 
 def _defense(name: str):
@@ -196,6 +234,7 @@ class _Bench:
     self.rows: list[dict] = []
     self.notes: list[str] = []
     self.peaks: dict[str, dict] = {}
+    self.conv_shapes: list[dict] = []
 
   def measure_peaks(self) -> None:
     if jax.devices()[0].platform == "cpu":
@@ -239,9 +278,9 @@ class _Bench:
     """How FLOPs are counted for a row: "compiled", "lowered" or None (not at all)."""
     mode = self.options.flops
     if mode == "auto":
-      # A second compile of BaRT or ResNet-50 costs minutes on a CPU; their lowered
-      # programs count within 1% (ResNet-50) to 25% (BaRT's vmapped branches) less.
-      slow = defense_name == "bart" or model.name == "resnet50"
+      # A second compile of BaRT or an ImageNet ResNet costs minutes on a CPU; their
+      # lowered programs count within 1% (ResNet-50) to 25% (BaRT's vmapped branches) less.
+      slow = defense_name == "bart" or model.name != "small_resnet"
       mode = "lowered" if slow and jax.devices()[0].platform == "cpu" else "compiled"
     return None if mode == "off" else mode
 
@@ -327,6 +366,8 @@ class _Bench:
 
 
 def _dtypes(option: str) -> list[Any]:
+  if option == "only":
+    return [jnp.bfloat16]
   on_gpu = jax.devices()[0].platform != "cpu"
   with_bf16 = option == "on" or (option == "auto" and on_gpu)
   return [jnp.float32, jnp.bfloat16] if with_bf16 else [jnp.float32]
@@ -400,7 +441,8 @@ def run(options: Options, workdir: str | os.PathLike, *, study_config: Any = Non
     notes.append("BaRT-6 rows run on the first --widths entry only (every BaRT program takes "
                  f"minutes to compile on a CPU); BaRT sizes: batch {bart.batch} x "
                  f"{bart.steps} steps, votes {bart.vote_batch} x {bart.votes}.")
-  _measure_resnet50(bench, options, dtypes, torch_ready and bool(found.get("torchvision")))
+  _measure_imagenet_resnets(bench, options, dtypes,
+                            torch_ready and bool(found.get("torchvision")))
   bench.pair_ratios()
   study = None
   if options.study:
@@ -412,7 +454,8 @@ def run(options: Options, workdir: str | os.PathLike, *, study_config: Any = Non
 
 
 def _measure_bart_rates(options: Options, log: Callable[[str], None]) -> dict[str, Any]:
-  return _bart_rates.measure(_bart_rates.SIZES, _bart_rates.KAPPAS, min_calls=options.repeats,
+  return _bart_rates.measure(options.bart_rates_sizes, options.bart_rates_kappas,
+                             min_calls=options.repeats,
                              budget_s=options.row_budget_s, log=log)
 
 
@@ -433,7 +476,8 @@ def _finish(options: Options, workdir: pathlib.Path, command: str | None, env: d
                     "10x slower on a shared 2-core machine; OMP_WAIT_POLICY=PASSIVE avoids "
                     "that") + ". Rerun on an idle machine for figures to report.")
   result = {"command": command or " ".join(sys.argv), "environment": env,
-            "peaks": bench.peaks, "results": bench.rows, "study": study, "notes": notes,
+            "peaks": bench.peaks, "results": bench.rows, "conv_shapes": bench.conv_shapes,
+            "study": study, "notes": notes,
             "bart_rates": bart_rates, "options": dataclasses.asdict(options)}
   _records.write_json(workdir / "bench.json", result)
   _records.write_atomic(workdir / "bench.md", _report.markdown(result))
@@ -441,31 +485,53 @@ def _finish(options: Options, workdir: pathlib.Path, command: str | None, env: d
   return result
 
 
-def _measure_resnet50(bench: _Bench, options: Options, dtypes: list[Any], torch_ready: bool
-                      ) -> None:
-  on_gpu = jax.devices()[0].platform != "cpu"
-  mode = options.resnet50
-  if mode == "auto":
-    mode = "full" if on_gpu else "smoke"
-  if mode == "off":
-    return
+def _resnet_sizes(options: Options, mode: str, size: int) -> tuple[_Sizes, tuple[int, ...],
+                                                                 list[str]]:
+  """(sizes, EOT ms, defenses) of an ImageNet ResNet row set at `size` pixels in `mode`."""
+  smoothing = ["smoothing"] if "smoothing" in options.defenses else []
   if mode == "smoke":
-    # A CPU needs about a second per ResNet-50 image-gradient: one image, one step, EOT-1.
-    batch = options.resnet50_batch or 1
-    sizes = _Sizes(batch, 1, batch, 8)
-    eots = options.eots[:1]
-    names = ["smoothing"] if "smoothing" in options.defenses else []
-    bench.notes.append(f"ResNet-50 ran as a smoke run (batch {batch}, 1 step, EOT-"
-                       f"{eots[0]}, {sizes.votes} votes, smoothing only): --resnet50=full on a "
-                       "GPU measures it.")
-  else:
-    batch = options.resnet50_batch or 32
-    sizes = _Sizes(batch, options.steps, batch, min(options.votes, 100))
-    eots, names = options.eots, list(options.defenses)
-  if not names:
+    batch = options.resnet_batch or 1
+    return _Sizes(batch, 1, batch, 8), options.eots[:1], smoothing
+  if mode == "cpu":
+    # About 0.1 s per ResNet-50 224 x 224 image-gradient on 2 cores: 4 images and
+    # 2 steps there, the issue's 32 images of 5 steps at 32 and 64 pixels.
+    large = size >= 128
+    batch = options.resnet_batch or (4 if large else 32)
+    steps = min(options.steps, 2) if large else options.steps
+    return _Sizes(batch, steps, batch, 20 if large else 100), options.eots, smoothing
+  batch = options.resnet_batch or (32 if size >= 128 else 128)
+  return (_Sizes(batch, options.steps, batch, min(options.votes, 100)), options.eots,
+          list(options.defenses))
+
+
+def _measure_imagenet_resnets(bench: _Bench, options: Options, dtypes: list[Any],
+                              torch_ready: bool) -> None:
+  """PGD and vote rows, and the per-convolution table, of every `options.resnets` entry."""
+  if not options.resnets:
     return
-  model = _resnet50(batch, torch_ready)
-  bench.measure_model(model, dtypes, names, {n: sizes for n in names}, eots)
+  mode = options.resnet_mode
+  if mode == "auto":
+    mode = "full" if jax.devices()[0].platform != "cpu" else "cpu"
+  bench.notes.append(f"ImageNet ResNets ({', '.join(options.resnets)}) ran in --resnet_mode="
+                     f"{mode}: " + {
+                         "smoke": "1 image, 1 step, the first EOT m, smoothing only.",
+                         "cpu": "32 images x 5 steps at 32 and 64 pixels, 4 images x 2 steps "
+                                "at 224, randomized smoothing only (BaRT on an ImageNet ResNet "
+                                "compiles for many minutes on a CPU).",
+                         "full": "the study's batches (32 at 224 pixels, 128 below), every "
+                                 "defense."}[mode] + " Random images and weights (torchvision's "
+                     "initialisation, converted); --resnet_batch overrides the batch.")
+  for entry in options.resnets:
+    depth, size = parse_resnet(entry)
+    sizes, eots, names = _resnet_sizes(options, mode, size)
+    if not names:
+      continue
+    model = _imagenet_resnet(depth, size, sizes.batch, torch_ready)
+    bench.measure_model(model, dtypes, names, {n: sizes for n in names}, eots)
+    if options.conv_shapes:
+      bench.conv_shapes += _conv_shapes.measure(
+          models.logits_fn(model.flax_model, model.variables), (size, size, 3), sizes.batch,
+          torch=model.torch_model is not None, model_label=model.label, log=bench.log)
 
 
 def run_study(options: Options, config: Any, workdir: pathlib.Path, found: dict[str, Any],

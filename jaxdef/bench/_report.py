@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jaxdef.bench import _bart_rates
+from jaxdef.bench import _conv_shapes
 from jaxdef.reports import tables
 
 
@@ -161,6 +162,15 @@ def markdown(result: dict[str, Any]) -> str:
             "## Votes: defended forward passes per second", "",
             "jaxdef: `StochasticClassifier.predict`; PyTorch: chunks of draws stacked into one "
             "batch under `torch.inference_mode`.", "", _table(rows, "vote"), ""]
+  if result.get("conv_shapes"):
+    lines += ["## Convolutions one by one: jaxdef against PyTorch", "",
+              "Every distinct convolution of each ImageNet ResNet, alone, at the attack rows' "
+              "batch: the forward pass and the input gradient in the formulation jaxdef plans "
+              "(`jaxdef/models/_conv.py`), PyTorch's `conv2d` and `conv2d_input` on the same "
+              "arrays, and both jaxdef formulations (XLA's convolution; unfold + matmul). Speed "
+              "vs PyTorch above 1: jaxdef is faster; below 0.5 in bold; \"(slower)\": the "
+              "other formulation was faster here. Median ms after a compiling call.", "",
+              _conv_shapes.markdown(result["conv_shapes"])]
   lines += ["## Whole study: the default's k x m sweep, reference way vs jaxdef", "",
             *_study(result.get("study") or {"skipped": "not run"}), ""]
   lines += _notes(result)

@@ -250,8 +250,8 @@ def smoothed(torch_model: Any, sigma: float, autocast: Any = None) -> Any:
   return _modules().Smoothing(torch_model, sigma, autocast).eval()
 
 
-def resnet50(seed: int = 0) -> tuple[Any, dict]:
-  """torchvision's ResNet-50, random weights and BN statistics, behind ImageNet normalisation.
+def resnet(depth: int = 50, seed: int = 0) -> tuple[Any, dict]:
+  """torchvision's ResNet-`depth`, random weights and BN statistics, behind ImageNet normalisation.
 
   Returns:
     (torch model taking NCHW images in [0, 1], its state_dict for
@@ -263,7 +263,8 @@ def resnet50(seed: int = 0) -> tuple[Any, dict]:
 
   torch = torch_module()
   torch.manual_seed(seed)
-  network = randomize_batch_norm(torchvision.models.resnet50(weights=None), seed).eval()
+  network = randomize_batch_norm(getattr(torchvision.models, f"resnet{depth}")(weights=None),
+                                 seed).eval()
   wrapped = _modules().Normalized(network, _resnet.IMAGENET_MEAN, _resnet.IMAGENET_STD).eval()
   return wrapped, network.state_dict()
 

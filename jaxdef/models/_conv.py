@@ -213,8 +213,10 @@ def _record(x, kernel, strides, padding) -> None:
 def recording() -> Iterator[list[ConvShape]]:
   """Collects the shape of every `conv2d` traced inside the block, in call order.
 
-  Trace the model (``jax.eval_shape`` is enough) inside ``with recording()
-  as shapes:``; vmapped calls record their per-example shapes.
+  Trace the model (``jax.eval_shape`` of a fresh function is enough) inside
+  ``with recording() as shapes:``. Only tracing records: a function whose
+  trace JAX has cached records nothing. vmapped calls record their
+  per-example shapes.
   """
   shapes: list[ConvShape] = []
   _RECORDERS.append(shapes)
