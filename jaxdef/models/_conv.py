@@ -24,17 +24,22 @@ BENCHMARKS.md).
    channel-swapped kernel is materialised in the standard HWIO layout
    behind an optimization barrier.
 
-`plan` is the rule, from those measurements (2-core Xeon, batch 8 to 64,
-every distinct convolution of ResNet-18/50 at 32, 64 and 224 pixels):
+`plan` is the rule, from those measurements (2-core Xeon, batch 4 to 64,
+every distinct convolution of ResNet-18/50 at 32, 64 and 224 pixels; the
+bench's per-shape table re-checks it on any machine):
 
-* 1 x 1 kernels: a matmul of the strided input, both ways (never slower
-  than XLA's convolution, up to 2.3x faster).
-* output map of at most `UNFOLD_MAX_OUTPUT_PIXELS` pixels: unfold, both
-  ways.
+* 1 x 1 kernels: a matmul of the strided input, both ways (never much
+  slower than XLA's convolution, up to 2.3x faster).
+* output map of at most `UNFOLD_MAX_OUTPUT_PIXELS` pixels, or at least
+  `UNFOLD_MIN_OUTPUT_CHANNELS` output channels (ResNet's last stage at any
+  size): unfold, forward and input gradient.
 * input gradient of a strided convolution, or of one whose output map has
   at most `UNFOLD_GRADIENT_MAX_OUTPUT_PIXELS` pixels: unfold's transpose.
 * otherwise XLA's convolution (forward) and the HWIO flipped-kernel
   convolution (input gradient).
+
+The rule is a CPU measurement: on other backends (GPU, TPU) both passes
+use XLA's convolution, which calls the vendor's convolution library there.
 
 The kernel gradient is JAX's own derivative of the forward formulation.
 Values agree with `lax.conv_general_dilated` to float32 rounding (tested).
@@ -62,6 +67,10 @@ FORMULATIONS = (XLA, UNFOLD)
 # convolution was 1.5x (4 x 4 -> 2 x 2, stride 2) to 150x slower there, and
 # at 4 x 4 outputs and above it was as fast or faster than unfolding.
 UNFOLD_MAX_OUTPUT_PIXELS = 4
+# Output channels from which the forward pass unfolds at any map size: every
+# 3 x 3 convolution to 512 channels of ResNet-18/50 (7 x 7 to 1 x 1 maps)
+# ran 1.3x to 1.6x faster unfolded at batch 4 to 32.
+UNFOLD_MIN_OUTPUT_CHANNELS = 512
 # Output pixels up to which a stride-1 input gradient unfolds: 7 x 7 and
 # smaller ran 1.2x to 1.7x faster than the flipped-kernel convolution, 8 x 8
 # and larger 0.85x to 0.5x.
@@ -85,12 +94,21 @@ def output_size(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: Se
 
 
 def plan(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: Sequence[int],
-         padding: Padding) -> Plan:
-  """The formulations `conv2d` uses for this shape (the rule in the module docstring)."""
+         padding: Padding, backend: str | None = None) -> Plan:
+  """The formulations `conv2d` uses for this shape (the rule in the module docstring).
+
+  Args:
+    x_shape: (B, H, W, C_in); kernel_shape: (KH, KW, C_in, C_out).
+    strides, padding: as `conv2d`'s.
+    backend: "cpu", "gpu", ...; None: JAX's default backend.
+  """
+  if (backend or jax.default_backend()) != "cpu":
+    return Plan(XLA, XLA)
   height, width = output_size(x_shape, kernel_shape, strides, padding)
   pixels = height * width
   pointwise = tuple(kernel_shape[:2]) == (1, 1)
-  forward = UNFOLD if pointwise or pixels <= UNFOLD_MAX_OUTPUT_PIXELS else XLA
+  forward = (UNFOLD if pointwise or pixels <= UNFOLD_MAX_OUTPUT_PIXELS
+             or kernel_shape[3] >= UNFOLD_MIN_OUTPUT_CHANNELS else XLA)
   gradient = UNFOLD if (forward == UNFOLD or max(strides) > 1
                         or pixels <= UNFOLD_GRADIENT_MAX_OUTPUT_PIXELS) else XLA
   return Plan(forward, gradient)
