@@ -1,12 +1,14 @@
-"""A/B of the convolution behind the small ResNet: HWIO-layout input gradient vs plain lax.
+"""A/B of the convolution behind the small ResNet: jaxdef's per-shape convolution vs plain lax.
 
   OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m launch.bench_conv_layout
 
 Times PGD (5 steps, EOT-10, batch 64, randomized smoothing 0.25) on the
 small Fashion-MNIST ResNet built two ways: with `jaxdef.models._conv` (the
-default: the input gradient convolves with a materialised HWIO kernel) and
-with `lax.conv_general_dilated` (JAX's transpose rule relabels the kernel
-as ``01oi``, which XLA CPU runs on a slow path inside the attack loop).
+default: per shape, XLA's convolution or unfold + matmul, and an input
+gradient that convolves with a materialised HWIO kernel where XLA's
+convolution computes it) and with `lax.conv_general_dilated` (JAX's
+transpose rule relabels the kernel as ``01oi``, which XLA CPU runs on a
+slow path inside the attack loop).
 Prints image-gradients per second for each, compilation excluded.
 """
 

@@ -465,10 +465,11 @@ def _finish(options: Options, workdir: pathlib.Path, command: str | None, env: d
   """Adds the load note, writes bench.json and bench.md, returns bench.json's contents."""
   notes = bench.notes
   env["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-  busy = max(env.get("load_average_1min") or 0, env["load_average_1min_end"] or 0)
+  # The start only: by the end the bench's own threads are in the load average.
+  busy = env.get("load_average_1min") or 0
   if busy > 0.5 * env["cpu_logical_usable"] and jax.devices()[0].platform == "cpu":
     passive = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
-    notes.append(f"The machine was busy (1-minute load average up to {busy:.1f} on "
+    notes.append(f"The machine was busy (1-minute load average {busy:.1f} at the start on "
                  f"{env['cpu_logical_usable']} CPUs): every figure is distorted"
                  + (" (OMP_WAIT_POLICY=PASSIVE was set, so PyTorch's threads slept while "
                     "waiting)" if passive else
