@@ -99,6 +99,9 @@ def test_bfloat16_formulations_stay_bfloat16_and_close_to_float32():
     # Stride 1 up to 7 x 7 outputs: the input gradient unfolds.
     ((8, 7, 7, 256), (3, 3, 256, 256), (1, 1), ((1, 1), (1, 1)), ("xla", "unfold")),
     ((8, 8, 8, 128), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), ("xla", "xla")),
+    # The gradient with respect to an image (1 to 4 channels) unfolds.
+    ((160, 28, 28, 1), (3, 3, 1, 8), (1, 1), ((1, 1), (1, 1)), ("xla", "unfold")),
+    ((160, 28, 28, 8), (3, 3, 8, 8), (1, 1), ((1, 1), (1, 1)), ("xla", "xla")),
 ])
 def test_plan_follows_the_measured_rule(x_shape, kernel_shape, strides, padding, expected):
   chosen = _conv.plan(x_shape, kernel_shape, strides, padding, backend="cpu")
