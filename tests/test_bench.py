@@ -22,7 +22,6 @@ from configs import default as default_config
 from jaxdef import data
 from jaxdef import defenses
 from jaxdef import models
-from jaxdef.bench import _bart_rates
 from jaxdef.bench import _device
 from jaxdef.bench import _harness
 from jaxdef.bench import _study
@@ -139,11 +138,10 @@ def test_missing_torchattacks_skips_only_the_eotpgd_rows(tmp_path, monkeypatch):
   assert "missing package(s) torchattacks" in (tmp_path / "bench.md").read_text()
 
 
-def test_bart_rates_only_measures_bart_against_its_transforms(tmp_path, monkeypatch):
+def test_bart_rates_only_measures_bart_against_its_transforms(tmp_path):
   """--bart_rates=only: each transform and BaRT-kappa timed, ratio = BaRT / sum of parts."""
-  monkeypatch.setattr(_bart_rates, "SIZES", ((8, 2),))
-  monkeypatch.setattr(_bart_rates, "KAPPAS", (1, 2))
-  options = dataclasses.replace(TINY, bart_rates="only", torch=False)
+  options = dataclasses.replace(TINY, bart_rates="only", torch=False, bart_rates_sizes=((8, 2),),
+                                bart_rates_kappas=(1, 2))
   written = _harness.run(options, tmp_path, command="test")
   assert written["results"] == [] and written["study"] is None
   (size,) = written["bart_rates"]["sizes"]
