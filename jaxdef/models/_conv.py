@@ -71,9 +71,10 @@ FORMULATIONS = (XLA, UNFOLD)
 # convolution was 1.5x (4 x 4 -> 2 x 2, stride 2) to 150x slower there, and
 # at 4 x 4 outputs and above it was as fast or faster than unfolding.
 UNFOLD_MAX_OUTPUT_PIXELS = 4
-# Output channels from which the forward pass unfolds at any map size: every
-# 3 x 3 convolution to 512 channels of ResNet-18/50 (7 x 7 to 1 x 1 maps)
-# ran 1.3x to 1.6x faster unfolded at batch 4 to 32.
+# Output channels from which the forward pass unfolds at any map size: in the
+# bench's tables (batch 4 and 32) every 3 x 3 convolution to 512 channels of
+# ResNet-18/50 (7 x 7 to 1 x 1 maps) ran 1.35x to 1.6x faster unfolded; one
+# probe at batch 8 measured 14 x 14 x 256 -> 512 (stride 2) at 0.74x.
 UNFOLD_MIN_OUTPUT_CHANNELS = 512
 # A stem of at most 3 x 3 from an image (at most 4 channels) to at most 16
 # channels unfolds forward: 160 x 28 x 28 x 1 -> 8 took 1.7 ms unfolded
