@@ -151,31 +151,20 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars of the study (the
                               "per-measurement lines are always printed).")
 
 
-def _widths(values: list[str]) -> tuple[tuple[int, ...], ...]:
-  try:
-    return tuple(tuple(int(w) for w in value.split("-")) for value in values)
-  except ValueError:
-    raise app.UsageError(f"--widths must look like 8-16-32,16-32-64; got {values}") from None
-
-
-def _integers(name: str, values: list[str], separator: str = "") -> tuple:
-  """Comma-separated integers, or side x batch pairs when `separator` is "x"."""
+def _integers(name: str, values: list[str], example: str, separator: str = "") -> tuple:
+  """The flag's comma-separated integers, or tuples of integers joined by `separator`."""
   try:
     if separator:
       return tuple(tuple(int(v) for v in value.split(separator)) for value in values)
     return tuple(int(value) for value in values)
   except ValueError:
-    example = "28x16,224x4" if separator else "1,6"
     raise app.UsageError(f"--{name} must look like {example}; got {values}") from None
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    eots = tuple(int(m) for m in _EOT.value)
-  except ValueError:
-    raise app.UsageError(f"--eot must be comma-separated integers, got {_EOT.value}") from None
+  eots = _integers("eot", _EOT.value, "1,10")
   try:
     eot_rows = None if _EOT_ROWS.value == "auto" else int(_EOT_ROWS.value)
   except ValueError:
@@ -185,7 +174,8 @@ def main(argv):
     options = _harness.Options(
         batch=_BATCH.value, steps=_STEPS.value, eots=eots, votes=_VOTES.value,
         vote_batch=_VOTE_BATCH.value, vote_chunk=_VOTE_CHUNK.value,
-        defenses=tuple(dict.fromkeys(_DEFENSES.value)), widths=_widths(_WIDTHS.value),
+        defenses=tuple(dict.fromkeys(_DEFENSES.value)),
+        widths=_integers("widths", _WIDTHS.value, "8-16-32,16-32-64", "-"),
         bart_batch=_BART_BATCH.value, bart_steps=_BART_STEPS.value,
         bart_votes=_BART_VOTES.value, resnets=tuple(_RESNETS.value),
         resnet_mode=_RESNET_MODE.value, resnet_batch=_RESNET_BATCH.value,
@@ -194,8 +184,9 @@ def main(argv):
         flops=_FLOPS.value, study=_STUDY.value, study_images=_STUDY_IMAGES.value,
         study_workdir=_STUDY_WORKDIR.value, study_torch=_STUDY_TORCH.value,
         progress=_PROGRESS.value, eot_rows_per_call=eot_rows, bart_rates=_BART_RATES.value,
-        bart_rates_sizes=_integers("bart_rates_sizes", _BART_RATES_SIZES.value, "x"),
-        bart_rates_kappas=_integers("bart_rates_kappas", _BART_RATES_KAPPAS.value))
+        bart_rates_sizes=_integers("bart_rates_sizes", _BART_RATES_SIZES.value, "28x16,224x4",
+                                   "x"),
+        bart_rates_kappas=_integers("bart_rates_kappas", _BART_RATES_KAPPAS.value, "1,6"))
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   with WorkdirLock(_WORKDIR.value):  # one benchmark per workdir (bench.json, study_sweep/)

@@ -29,8 +29,6 @@ import numpy as np
 from jaxdef.bench import _throughput
 from jaxdef.models import _conv
 
-ENGINES = ("xla", "unfold", "torch")
-
 
 def distinct_shapes(logits_fn: Callable[[jax.Array], jax.Array], image_shape: tuple[int, ...],
                     batch: int) -> list[tuple[_conv.ConvShape, int]]:

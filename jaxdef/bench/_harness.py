@@ -513,18 +513,19 @@ def _measure_imagenet_resnets(bench: _Bench, options: Options, dtypes: list[Any]
   mode = options.resnet_mode
   if mode == "auto":
     mode = "full" if jax.devices()[0].platform != "cpu" else "cpu"
-  bench.notes.append(f"ImageNet ResNets ({', '.join(options.resnets)}) ran in --resnet_mode="
-                     f"{mode}: " + {
-                         "smoke": "1 image, 1 step, the first EOT m, smoothing only.",
-                         "cpu": "32 images x 5 steps at 32 and 64 pixels, 4 images x 2 steps "
-                                "at 224, randomized smoothing only (BaRT on an ImageNet ResNet "
-                                "compiles for many minutes on a CPU).",
-                         "full": "the study's batches (32 at 224 pixels, 128 below), every "
-                                 "defense."}[mode] + " Random images and weights (torchvision's "
-                     "initialisation, converted); --resnet_batch overrides the batch.")
-  for entry in options.resnets:
+  planned = [(entry, *_resnet_sizes(options, mode, parse_resnet(entry)[1]))
+             for entry in options.resnets]
+  bench.notes.append(
+      f"ImageNet ResNets ran in --resnet_mode={mode}, random images and weights (torchvision's "
+      "initialisation, converted): " + "; ".join(
+          f"{entry} batch {sizes.batch} x {sizes.steps} steps, EOT m in {list(eots)}, "
+          f"{sizes.votes} votes, {', '.join(names) or 'no defense'}"
+          for entry, sizes, eots, names in planned) + "."
+      + {"cpu": " cpu mode leaves BaRT out: on an ImageNet ResNet it compiles for many "
+                "minutes on a CPU.", "smoke": " smoke mode measures smoothing only.",
+         "full": ""}[mode])
+  for entry, sizes, eots, names in planned:
     depth, size = parse_resnet(entry)
-    sizes, eots, names = _resnet_sizes(options, mode, size)
     if not names:
       continue
     model = _imagenet_resnet(depth, size, sizes.batch, torch_ready)
