@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from jaxdef import sharding
+
 
 def looks_of(num_votes: int, chunk: int) -> int:
   """Number of looks: one after every chunk, the last one after draw n."""
@@ -99,6 +101,19 @@ class SequentialVote(NamedTuple):
   forward_passes: jax.Array
 
 
+def _leader_and_runner_up(counts: jax.Array, needed: jax.Array) -> jax.Array:
+  """Whether each row's leading count reaches `needed[runner-up count]`, (B,) bool.
+
+  counts: int (B, K). A zero column gives a runner-up count of 0 when there
+  is one class. Row-wise max and mask rather than `lax.top_k`, which XLA
+  gathers whole onto every device when the batch is sharded.
+  """
+  padded = jnp.pad(counts, ((0, 0), (0, 1)))
+  leader = jnp.argmax(padded, -1)
+  runner_up = jnp.where(jnp.arange(padded.shape[1]) == leader[:, None], -1, padded).max(-1)
+  return padded.max(-1) >= needed[runner_up]
+
+
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
 def sequential_vote(clf, key: jax.Array, images: jax.Array, table: jax.Array, num_votes: int,
                     chunk: int, rows: int, skip: jax.Array | None = None) -> SequentialVote:
@@ -139,23 +154,32 @@ def sequential_vote(clf, key: jax.Array, images: jax.Array, table: jax.Array, nu
 
   def undecided_only(look, counts, decided):
     defended = jax.vmap(lambda draw_key: clf.defense.fn(draw_key, images))(keys[look])
-    passes_needed = -(-batch // rows)
+    # With several devices each compacts and evaluates its own undecided rows.
+    counts, cost = sharding.map_rows(_passes, look, defended, counts, decided,
+                                     in_axes=(None, 1, 0, 0), out_axes=(0, 0))
+    return counts, cost.sum()
+
+  def _passes(look, defended, counts, decided):
+    """The model on the undecided rows of this batch (all, or one device's), in passes."""
+    local_batch = decided.shape[0]
+    local_rows = -(-rows * local_batch // batch)
+    passes_needed = -(-local_batch // local_rows)
     # Undecided images first; the tail of the last pass is masked out.
     order = jnp.argsort(decided.astype(jnp.int8), stable=True)
-    order = jnp.pad(order, (0, passes_needed * rows - batch))
-    active = batch - decided.sum()
-    passes = (active + rows - 1) // rows
+    order = jnp.pad(order, (0, passes_needed * local_rows - local_batch))
+    active = local_batch - decided.sum()
+    passes = (active + local_rows - 1) // local_rows
 
     def one_pass(index, counts):
-      picked = jax.lax.dynamic_slice(order, (index * rows,), (rows,))
+      picked = jax.lax.dynamic_slice(order, (index * local_rows,), (local_rows,))
       inputs = defended[:, picked]
-      logits = clf.logits_fn(inputs.reshape((chunk * rows,) + inputs.shape[2:]))
-      votes = chunk_votes(look, logits.reshape(chunk, rows, num_classes))
-      real = index * rows + jnp.arange(rows) < active
+      logits = clf.logits_fn(inputs.reshape((chunk * local_rows,) + inputs.shape[2:]))
+      votes = chunk_votes(look, logits.reshape(chunk, local_rows, num_classes))
+      real = index * local_rows + jnp.arange(local_rows) < active
       return counts.at[picked].add(votes * real[:, None].astype(jnp.int32))
 
     counts = jax.lax.fori_loop(0, passes, one_pass, counts)
-    return counts, (passes * chunk * rows).astype(jnp.int32)
+    return counts, (passes * chunk * local_rows).astype(jnp.int32)[None]
 
   evaluate = whole_batch if rows >= batch or clf.stochastic_model else undecided_only
 
@@ -163,9 +187,7 @@ def sequential_vote(clf, key: jax.Array, images: jax.Array, table: jax.Array, nu
     look, counts, draws, decided, spent = state
     counts, cost = evaluate(look, counts, decided)
     draws = jnp.where(decided, draws, jnp.minimum((look + 1) * chunk, num_votes))
-    # A zero column gives a runner-up count of 0 when there is one class.
-    top_two = jax.lax.top_k(jnp.pad(counts, ((0, 0), (0, 1))), 2)[0]
-    decided = decided | (top_two[:, 0] >= table[look, top_two[:, 1]])
+    decided = decided | _leader_and_runner_up(counts, table[look])
     return look + 1, counts, draws, decided, spent + cost
 
   # Skipped images start decided: no draw is counted or (in passes) computed for them.

@@ -120,7 +120,15 @@ class StochasticClassifier:
     if self.stochastic_model:
       defense_key, model_key = jax.random.split(key)
       return self.logits_fn(model_key, self.defense.fn(defense_key, images))
-    return self.logits_fn(self.defense.fn(key, images))
+    return self.model_logits(self.defense.fn(key, images))
+
+  def model_logits(self, images: jax.Array) -> jax.Array:
+    """The (deterministic) model alone on defended `images` (B, H, W, C) -> (B, K).
+
+    With several devices each computes its own rows (`jaxdef.sharding.map_rows`),
+    also when EOT draws or vote chunks are vmapped around this call.
+    """
+    return sharding.map_rows(self.logits_fn, images, in_axes=(0,))
 
   def num_classes(self, images: jax.Array) -> int:
     """The number of classes, from the shape of one abstract evaluation.
@@ -294,4 +302,4 @@ def _draw_logits(clf: StochasticClassifier, key, images, n: int) -> jax.Array:
 def _undefended_logits(clf: StochasticClassifier, key, images) -> jax.Array:
   if clf.stochastic_model:
     return clf.logits_fn(jax.random.fold_in(key, 1), images)
-  return clf.logits_fn(images)
+  return clf.model_logits(images)

@@ -213,6 +213,52 @@ def unpad(x: jax.Array, batch: int, axis: int = 0) -> jax.Array:
   return jax.lax.slice_in_dim(x, 0, batch, axis=axis)
 
 
+def map_rows(fn: Any, *args: Any, in_axes: Sequence[int | None], out_axes: Any = 0) -> Any:
+  """fn(*args), each device computing it on its own rows (`jax.shard_map`).
+
+  Why: under `jax.vmap` (EOT draws, vote chunks, batched step sizes) XLA
+  merges the mapped axis into the batch ahead of it, (m, B) -> m B, which
+  cannot keep the batch's sharding: it all-gathers the activations and every
+  device computes every row. Inside `shard_map` the same vmap merges each
+  device's (m, B / N) rows only. `fn` must treat rows independently (an
+  eval-mode network does), so the values are those of one device.
+
+  Args:
+    fn: the function; it sees B / N rows along every sharded axis.
+    *args: its arguments (arrays or pytrees of them).
+    in_axes: per argument, the axis of the batch (sharded over the data
+      axis) or None (replicated: keys, weights, scalars).
+    out_axes: a pytree prefix of fn's outputs: the batch axis of each output,
+      whose shards are concatenated, or None (the output must be the same on
+      every device).
+
+  Returns:
+    fn's outputs. Unsharded (a plain call) when sharding is off, inside a
+    `shard_map` already, or when some batch is not a multiple of the device
+    count (`put_batch` pads it to one).
+  """
+  mesh = data_mesh()
+  if mesh is None or mesh.size == 1 or _inside_manual_axes():
+    return fn(*args)
+  for arg, axis in zip(args, in_axes):
+    if axis is not None and any(np.shape(leaf)[axis] % mesh.size
+                                for leaf in jax.tree_util.tree_leaves(arg)):
+      return fn(*args)
+  spec = lambda axis: PartitionSpec() if axis is None else PartitionSpec(*[None] * axis, AXIS)
+  in_specs = tuple(spec(axis) for axis in in_axes)
+  out_specs = jax.tree_util.tree_map(spec, out_axes, is_leaf=lambda a: a is None)
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                       check_vma=False)(*args)
+
+
+def _inside_manual_axes() -> bool:
+  """True inside a `shard_map` over the data axis (nothing left to split)."""
+  try:
+    return AXIS in jax.sharding.get_abstract_mesh().manual_axes
+  except AttributeError:
+    return False
+
+
 # --- multi-host --------------------------------------------------------------
 
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_PROCID")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -133,6 +134,15 @@ def _dense_part(arrays: dict, facts: dict) -> None:
     arrays |= _numpy(_mlp_cases(images, labels), "mlp/off/6")
     arrays |= _numpy(_alphas_batch(images, labels), "alphas/off/6")
   arrays |= _numpy(_mlp_cases(images, labels), "mlp/on/6")
+  # An attacked subset: one device attacks those rows; four attack all and reset the rest.
+  for where in ("off", "on"):
+    with sharding.use_devices("off" if where == "off" else "auto"):
+      result = jd.attacks.pgd_trajectory_results(
+          jax.random.key(4), _mlp_classifier(), images, labels, eps=8 / 255, alpha=2 / 255,
+          eot=3, checkpoints=(2,), subset=[0, 2, 5])[2]
+    arrays[f"subset/{where}/adversarial"] = np.asarray(result.adversarial)
+    arrays[f"subset/{where}/objective"] = np.asarray(result.objective)
+    arrays[f"subset/{where}/nonfinite_step"] = np.asarray(result.nonfinite_step)
   arrays |= _numpy(_alphas_batch(images, labels), "alphas/on/6")
 
   # The padded batch as placed: rows 6 and 7 repeat row 5, one pair per device.
@@ -152,7 +162,58 @@ def _dense_part(arrays: dict, facts: dict) -> None:
   facts["after_error"] = str(sharding.get_devices())
 
 
-PARTS = {"conv": _conv_part, "dense": _dense_part}
+PROGRAM_BATCH = 16  # 4 rows per device
+
+
+def _compiled_facts(lowered) -> dict:
+  """What the compiled (partitioned) program does per device: the rows of
+  every convolution, and its collectives with their operand shapes."""
+  text = lowered.compile().as_text()
+  rows = sorted({int(shape.split(",")[0]) for shape in re.findall(
+      r"= f32\[([\d,]+)\]\{[^}]*\} convolution\(", text)})
+  collectives = re.findall(r"= (\w+\[[\d,]*\])\S* (all-gather|all-to-all|all-reduce|"
+                           r"collective-permute|reduce-scatter)(?:-start)?\(", text)
+  return {"conv_rows": rows, "collectives": [[kind, shape] for shape, kind in collectives]}
+
+
+def _programs_part(arrays: dict, facts: dict) -> None:
+  """Compiles every batched program for 4 devices and records `_compiled_facts`.
+
+  A conv model whose 3 x 3 convolutions keep XLA's formulation, so that the
+  compiled programs show them; B = 16, so one device's share is 4 rows.
+  """
+  from jaxdef import _sequential
+  from jaxdef import classifier
+  from jaxdef.attacks import _apgd
+  model, variables = jd.models.small_resnet(widths=(8, 16, 16), key=jax.random.key(1))
+  clf = jd.StochasticClassifier(jd.models.logits_fn(model, variables),
+                                jd.defenses.randomized_smoothing(0.25), vote_chunk_size=5)
+  images, labels = _inputs(PROGRAM_BATCH)
+  (images, labels), _ = sharding.put_batch(images, labels)
+  key, clf = sharding.put_replicated(jax.random.key(0), clf)
+  pgd = dict(clf=clf, norm="inf", targeted=jnp.bool_(False), use_random_start=True, loss="ce",
+             eot_chunk_size=None, checkpoints=(1, 2))
+  eps, alpha = jnp.float32(8 / 255), jnp.float32(2 / 255)
+  table = jnp.asarray(_sequential.decision_table(20, 5, 0.01, 10))
+  programs = {
+      "pgd_eot1": _pgd._pgd_run.lower(key, images, labels, eps, alpha, None, eot=1, **pgd),
+      "pgd_eot10": _pgd._pgd_run.lower(key, images, labels, eps, alpha, None, eot=10, **pgd),
+      "alphas_eot3": _pgd._pgd_run_batch.lower(
+          jax.random.split(key, 2), images, labels, eps, jnp.asarray([1 / 255, 2 / 255]), None,
+          eot=3, **pgd),
+      "apgd_eot2": _apgd._apgd_run.lower(
+          key, images, labels, labels, eps, jnp.float32(0.75), jnp.float32(0.75), clf=clf,
+          steps=3, eot=2, norm="inf", targeted=False, use_random_start=False, loss="ce",
+          eot_chunk_size=None),
+      "votes_n10": classifier._draw_logits.lower(clf, key, images, 10),
+      "sequential_chunk5": _sequential.sequential_vote.lower(
+          clf, key, images, table, 20, 5, 2, jnp.zeros(PROGRAM_BATCH, bool)),
+      "invariance_clean": classifier._undefended_logits.lower(clf, key, images),
+  }
+  facts["programs"] = {name: _compiled_facts(lowered) for name, lowered in programs.items()}
+
+
+PARTS = {"conv": _conv_part, "dense": _dense_part, "programs": _programs_part}
 
 
 def _worker(part: str, out_dir: pathlib.Path) -> None:
@@ -218,6 +279,18 @@ def test_batched_step_sizes_are_bit_identical_sharded_and_padded(four_devices):
                             arrays["alphas/on/6/adversarial_1_3"])
 
 
+def test_an_attacked_subset_gives_the_one_device_results(four_devices):
+  arrays, _ = four_devices
+  for name in ("adversarial", "objective", "nonfinite_step"):
+    np.testing.assert_array_equal(arrays[f"subset/on/{name}"], arrays[f"subset/off/{name}"],
+                                  err_msg=name)
+  images = np.asarray(_inputs(6)[0])
+  outside = [1, 3, 4]
+  np.testing.assert_array_equal(arrays["subset/on/adversarial"][outside], images[outside])
+  assert np.isnan(arrays["subset/on/objective"][outside]).all()
+  assert np.abs(arrays["subset/on/adversarial"][[0, 2, 5]] - images[[0, 2, 5]]).max() > 0.01
+
+
 def test_outputs_are_sharded_over_four_devices_and_padding_repeats_the_last_row(four_devices):
   _, facts = four_devices
   assert facts["pgd_devices_8"] == NUM_DEVICES
@@ -264,6 +337,30 @@ def test_one_device_numbers_match_this_process(four_devices):
     name = key.split("/")[-1]
     np.testing.assert_array_equal(value, arrays[f"mlp/off/6/{name}"], err_msg=name)
     np.testing.assert_array_equal(value, arrays[f"mlp/on/6/{name}"], err_msg=name)
+
+
+# Draws (or draws x step sizes) each model call of the program evaluates at once.
+PROGRAM_DRAWS = {"pgd_eot1": 1, "pgd_eot10": 10, "alphas_eot3": 6, "apgd_eot2": 2,
+                 "votes_n10": 5, "sequential_chunk5": 5, "invariance_clean": 1}
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAM_DRAWS))
+def test_every_program_computes_a_quarter_of_the_rows_per_device(four_devices, program):
+  """Each convolution sees B/4 rows per draw, and nothing the size of an
+  activation crosses devices: the only collectives are scalar reductions
+  (a sequential vote's "all decided" and its cost)."""
+  _, facts = four_devices
+  compiled = facts["programs"][program]
+  draws = PROGRAM_DRAWS[program]
+  per_device = PROGRAM_BATCH // NUM_DEVICES
+  if program == "sequential_chunk5":
+    # Passes of ceil(2 x 4 / 16) = 1 undecided row per device (2 of 16 on one).
+    assert compiled["conv_rows"] == [draws * 1]
+  else:
+    # The 1 x 1 shortcut projections are matmuls; every 3 x 3 keeps XLA's convolution.
+    assert compiled["conv_rows"] == [draws * per_device], compiled["conv_rows"]
+  for kind, shape in compiled["collectives"]:
+    assert kind == "all-reduce" and re.fullmatch(r"\w+\[\]", shape), (kind, shape)
 
 
 # --- this process: one device ------------------------------------------------

@@ -50,7 +50,7 @@ class _SubsetView:
 
   def logits(self, key: jax.Array, rows: jax.Array) -> jax.Array:
     whole = self.images.at[self.subset].set(rows)
-    return self.clf.logits_fn(self.clf.defense.fn(key, whole)[self.subset])
+    return self.clf.model_logits(self.clf.defense.fn(key, whole)[self.subset])
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -115,6 +115,32 @@ def _check_subset(subset, clf, batch: int):
   return jnp.asarray(np.sort(values), jnp.int32)
 
 
+def _subset_for_devices(subset):
+  """(subset to run, subset to keep after): with several devices, (None, subset).
+
+  A subset of a sharded batch would gather the attacked rows from every
+  device at every step; the whole batch is attacked instead (each device its
+  own rows), and `_only_kept` returns the other rows as the subset run does.
+  """
+  if subset is not None and sharding.data_mesh() is not None:
+    return None, np.asarray(subset)
+  return subset, None
+
+
+def _only_kept(kept, clean, saved, objectives, first_bad):
+  """Rows outside `kept` reset as a subset run leaves them: clean, NaN, -1.
+
+  saved (..., B, H, W, C), objectives (..., B), first_bad numpy (..., B).
+  """
+  if kept is None:
+    return saved, objectives, first_bad
+  inside = np.zeros(clean.shape[0], bool)
+  inside[kept] = True
+  saved = jnp.where(inside.reshape((-1,) + (1,) * (clean.ndim - 1)), saved, clean)
+  objectives = jnp.where(inside, objectives, jnp.nan)
+  return saved, objectives, np.where(inside, first_bad, -1)
+
+
 def pgd_trajectory_results(key, clf, images, labels, eps=8 / 255, alpha=1 / 255, steps=None,
                            eot=1, norm="inf", targeted=False, random_start=False, loss="ce", *,
                            checkpoints: Sequence[int] = (10, 20, 50, 100),
@@ -140,7 +166,8 @@ def pgd_trajectory_results(key, clf, images, labels, eps=8 / 255, alpha=1 / 255,
       clf, images, labels, eps=eps, alpha=alpha, steps=checkpoints[-1], eot=eot, norm=norm,
       loss=loss, losses=_losses.PGD_LOSSES, targeted=targeted, true_labels=true_labels,
       eot_chunk_size=eot_chunk_size, key=key, random_start=random_start)
-  subset = _check_subset(subset, clf, images.shape[0])
+  subset, kept = _subset_for_devices(_check_subset(subset, clf, images.shape[0]))
+  clean = images
   # Data-parallel over the local devices when there are several (jit
   # partitions the run from the input shardings); padding rows are dropped.
   (images, labels), batch = sharding.put_batch(images, labels)
@@ -152,6 +179,7 @@ def pgd_trajectory_results(key, clf, images, labels, eps=8 / 255, alpha=1 / 255,
       eot_chunk_size=None if eot_chunk_size is None else int(eot_chunk_size))
   saved, objectives = sharding.unpad(saved, batch, 1), sharding.unpad(objectives, batch, 1)
   first_bad = np.asarray(sharding.unpad(first_bad, batch))
+  saved, objectives, first_bad = _only_kept(kept, clean, saved, objectives, first_bad)
   params = {"eps": float(eps), "alpha": float(alpha), "norm": norm, "targeted": targeted,
             "random_start": bool(random_start), "loss": loss}
   return _trajectory_results(saved, objectives, first_bad, checkpoints, int(eot), params)
@@ -291,7 +319,8 @@ def pgd_trajectory_results_batch(keys, clf, images, labels, alphas, eps=8 / 255,
   for alpha in alphas[1:]:
     _common.check_step_size(alpha, norm)
   alphas = [float(alpha) for alpha in alphas]
-  subset = _check_subset(subset, clf, images.shape[0])
+  subset, kept = _subset_for_devices(_check_subset(subset, clf, images.shape[0]))
+  clean = images
   (images, labels), batch = sharding.put_batch(images, labels)  # see pgd_trajectory_results
   keys, clf, subset = sharding.put_replicated(keys, clf, subset)
   saved, objectives, first_bad = _pgd_run_batch(
@@ -301,6 +330,7 @@ def pgd_trajectory_results_batch(keys, clf, images, labels, alphas, eps=8 / 255,
       eot_chunk_size=None if eot_chunk_size is None else int(eot_chunk_size))
   saved, objectives = sharding.unpad(saved, batch, 2), sharding.unpad(objectives, batch, 2)
   first_bad = np.asarray(sharding.unpad(first_bad, batch, 1))
+  saved, objectives, first_bad = _only_kept(kept, clean, saved, objectives, first_bad)
   return [
       _trajectory_results(
           saved[a], objectives[a], first_bad[a], checkpoints, int(eot),
