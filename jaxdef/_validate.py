@@ -60,10 +60,9 @@ def check_image(image: Any, name: str = "image", rank: int | None = 3, *,
   if any(d == 0 for d in image.shape):
     raise ValueError(f"{name} must not be empty, got shape {tuple(image.shape)}")
   if is_concrete(image):
-    values = np.asarray(image)
-    if not np.all(np.isfinite(values)):
+    finite, low, high = _range_summary(image)
+    if not finite:
       raise ValueError(f"{name} contains NaN or inf values; pixel values must be finite, in [0, 1]")
-    low, high = float(values.min()), float(values.max())
     if low < -range_tolerance or high > 1 + range_tolerance:
       slack = "" if range_tolerance == RANGE_TOLERANCE else (
           f" (up to {range_tolerance:g} outside, for defended images)")
@@ -72,6 +71,28 @@ def check_image(image: Any, name: str = "image", rank: int | None = 3, *,
           "scale 8-bit images by 1/255"
       )
   return jnp.asarray(image)
+
+
+def _range_summary(image: Any) -> tuple[bool, float, float]:
+  """(all finite, min, max) of the finite values; a device array is reduced
+  where it lives, and only the three scalars come back to the host (a copy
+  of a 1,000-image ImageNet batch took 0.3-0.5 s and stalled dispatch)."""
+  if isinstance(image, jax.Array):
+    finite, low, high = jax.device_get(_device_range_summary(image))
+  else:
+    values = np.asarray(image)
+    mask = np.isfinite(values)
+    finite = bool(mask.all())
+    low = float(values[mask].min()) if mask.any() else np.inf
+    high = float(values[mask].max()) if mask.any() else -np.inf
+  return bool(finite), float(low), float(high)
+
+
+@jax.jit
+def _device_range_summary(image: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  finite = jnp.isfinite(image)
+  return (finite.all(), jnp.where(finite, image, jnp.inf).min().astype(jnp.float32),
+          jnp.where(finite, image, -jnp.inf).max().astype(jnp.float32))
 
 
 def check_images(images: Any, name: str = "images", *,

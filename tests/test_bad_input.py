@@ -412,3 +412,33 @@ def test_batched_step_sizes_take_raw_uint32_keys():
   untyped = _batch_attack(raw, (0.01, 0.02))
   for a in range(2):
     np.testing.assert_array_equal(untyped[a][1].adversarial, typed[a][1].adversarial)
+
+
+class _NoHostCopyOfArrays:
+  """numpy, except that converting a device array of more than 3 values fails."""
+
+  def __getattr__(self, name):
+    return getattr(np, name)
+
+  @staticmethod
+  def asarray(value, *args, **kwargs):
+    if isinstance(value, jax.Array) and value.size > 3:
+      raise AssertionError(f"host copy of a device array of shape {value.shape}")
+    return np.asarray(value, *args, **kwargs)
+
+
+def test_device_images_are_checked_on_the_device(monkeypatch):
+  """Finiteness and range of a device batch come back as three scalars, not a copy."""
+  from jaxdef import _validate
+  monkeypatch.setattr(_validate, "np", _NoHostCopyOfArrays())
+  good = jnp.full((4, 8, 8, 3), 0.5)
+  assert _validate.check_images(good) is not None
+  with pytest.raises(ValueError, match="NaN or inf"):
+    _validate.check_images(good.at[1, 2, 3, 0].set(jnp.nan))
+  with pytest.raises(ValueError, match=r"min -0\.5 and max 0\.5"):
+    _validate.check_images(good.at[0, 0, 0, 0].set(-0.5))
+  with pytest.raises(ValueError, match=r"min 0\.5 and max 255"):
+    _validate.check_images(good.at[0, 0, 0, 0].set(255.0).astype(jnp.bfloat16))
+  # Host arrays are still checked (by numpy, where they are).
+  with pytest.raises(ValueError, match="NaN or inf"):
+    _validate.check_images(np.full((1, 2, 2, 1), np.inf, np.float32))

@@ -113,6 +113,23 @@ def test_plan_follows_the_measured_rule(x_shape, kernel_shape, strides, padding,
       "xla", "xla")
 
 
+@pytest.mark.parametrize("backend, custom", [("cpu", True), ("gpu", False), ("tpu", False)])
+def test_only_cpu_models_take_the_custom_convolution(monkeypatch, backend, custom):
+  """Elsewhere the model's program is lax's convolution with JAX's own
+  derivative: no custom VJP, no optimization barrier hiding the kernel flip."""
+  import jaxdef as jd
+
+  monkeypatch.setattr(_conv, "_default_backend", lambda: backend)
+  assert _conv.applies() is custom
+  logits = jd.models.logits_fn(*jd.models.small_resnet(widths=(4, 8, 8), key=jax.random.key(0)))
+  images = jnp.zeros((2, 28, 28, 1))
+  forward = str(jax.make_jaxpr(logits)(images))
+  gradient = str(jax.make_jaxpr(jax.grad(lambda x: logits(x).sum()))(images))
+  assert ("custom_vjp_call" in forward) is custom
+  assert ("optimization_barrier" in gradient) is custom
+  assert "conv_general_dilated" in forward and "conv_general_dilated" in gradient
+
+
 def test_recording_lists_every_convolution_of_a_resnet_in_call_order():
   import jaxdef as jd
 

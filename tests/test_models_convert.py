@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 
 from jaxdef import models
+from jaxdef.bench import _torch as bench_torch
+from jaxdef.bench._torch import full_float32
 
 if platform.machine() == "x86_64":
   # requirements-test.txt installs torch on x86_64 (CI): a missing torch there
@@ -200,12 +202,40 @@ def test_torchvision_parity(depth, replace_fc, request):
   assert variables["params"]["fc"]["kernel"].shape[1] == num_classes  # inferred from fc.weight
   model, _ = models.resnet(depth, num_classes, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
   images = _images(seed=depth)
-  reference = _torch_logits(net, images, models.IMAGENET_MEAN, models.IMAGENET_STD)
-  ours = models.logits_fn(model, variables)(images)
+  with full_float32():  # no TF32 on a GPU, on either side
+    reference = _torch_logits(net, images, models.IMAGENET_MEAN, models.IMAGENET_STD)
+    ours = models.logits_fn(model, variables)(images)
   assert ours.shape == (2, num_classes)
   error = _relative_error(ours, reference)
   print(f"resnet{depth}: max relative error of logits {error:.2e}")
   assert error <= TOLERANCE, error
+
+
+def test_parity_runs_in_full_float32_and_restores_the_settings():
+  before = (jax.config.jax_default_matmul_precision, torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32)
+  seen = []
+
+  def flax_side(images):
+    seen.append((jax.config.jax_default_matmul_precision, torch.backends.cuda.matmul.allow_tf32,
+                 torch.backends.cudnn.allow_tf32))
+    return np.zeros((len(images), 3), np.float32)
+
+  class TorchSide(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+      seen.append(("torch", torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+      return torch.ones(x.shape[0], 3)
+
+  error = bench_torch.parity_error(TorchSide(), flax_side, np.zeros((2, 4, 4, 3), np.float32))
+  assert error == 1.0  # |0 - 1| / 1
+  assert seen == [("torch", False, False), ("highest", False, False)]
+  after = (jax.config.jax_default_matmul_precision, torch.backends.cuda.matmul.allow_tf32,
+           torch.backends.cudnn.allow_tf32)
+  assert after == before
 
 
 def test_cohen_cifar_resnet110_checkpoint_parity(tmp_path):
@@ -218,8 +248,9 @@ def test_cohen_cifar_resnet110_checkpoint_parity(tmp_path):
   variables = models.from_cohen_checkpoint(path)  # arch read from the checkpoint
   model, _ = models.cifar_resnet(110)
   images = _images(size=32, seed=4)
-  reference = _torch_logits(smoothed, images)  # their NormalizeLayer normalises
-  error = _relative_error(models.logits_fn(model, variables)(images), reference)
+  with full_float32():
+    reference = _torch_logits(smoothed, images)  # their NormalizeLayer normalises
+    error = _relative_error(models.logits_fn(model, variables)(images), reference)
   print(f"cifar_resnet110: max relative error of logits {error:.2e}")
   assert error <= TOLERANCE, error
   # The same network saved from DataParallel ("1.module." prefixes), arch given by hand.

@@ -14,9 +14,11 @@ torch, torchvision and torchattacks are an optional extra
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import types
+from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 
@@ -239,10 +241,44 @@ def logits(torch_model: Any, images_nhwc: np.ndarray) -> np.ndarray:
 
 
 def parity_error(torch_model: Any, flax_logits_fn: Any, images_nhwc: np.ndarray) -> float:
-  """Largest |torch - jaxdef| logit difference relative to the largest |logit|."""
-  reference = logits(torch_model, images_nhwc)
-  ours = np.asarray(flax_logits_fn(images_nhwc))
+  """Largest |torch - jaxdef| logit difference relative to the largest |logit|.
+
+  Both sides compute in full float32: on NVIDIA GPUs from Ampere on, XLA and
+  cuDNN would otherwise run float32 matmuls and convolutions as TF32 (about
+  5e-4 relative error on ResNet-50's logits, above `PARITY_TOLERANCE`),
+  which is a speed setting, not a conversion error.
+  """
+  with full_float32():
+    reference = logits(torch_model, images_nhwc)
+    ours = np.asarray(flax_logits_fn(images_nhwc))
   return float(np.max(np.abs(ours - reference)) / max(np.max(np.abs(reference)), 1e-12))
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+  """Inside the block, float32 matmuls and convolutions are not run as TF32:
+  JAX's default matmul precision is "highest", and so is PyTorch's (when
+  torch is installed); both are restored after."""
+  import jax
+  torch = _torch_or_none()
+  saved = None
+  if torch is not None:
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+  try:
+    with jax.default_matmul_precision("highest"):
+      yield
+  finally:
+    if torch is not None:
+      torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _torch_or_none() -> Any:
+  try:
+    import torch
+  except ImportError:
+    return None
+  return torch
 
 
 def smoothed(torch_model: Any, sigma: float, autocast: Any = None) -> Any:

@@ -42,8 +42,8 @@ bench's per-shape table re-checks it on any machine):
 * otherwise XLA's convolution (forward) and the HWIO flipped-kernel
   convolution (input gradient).
 
-The rule is a CPU measurement: on other backends (GPU, TPU) both passes
-use XLA's convolution, which calls the vendor's convolution library there.
+The rule is a CPU measurement: on other backends (GPU, TPU) models call
+`lax.conv_general_dilated` directly, with JAX's own derivative (`applies`).
 
 The kernel gradient is JAX's own derivative of the forward formulation.
 Values agree with `lax.conv_general_dilated` to float32 rounding (tested).
@@ -119,7 +119,7 @@ def plan(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: Sequence[
     strides, padding: as `conv2d`'s.
     backend: "cpu", "gpu", ...; None: JAX's default backend.
   """
-  if (backend or jax.default_backend()) != "cpu":
+  if not applies(backend):
     return Plan(XLA, XLA)
   height, width = output_size(x_shape, kernel_shape, strides, padding)
   pixels = height * width
@@ -131,6 +131,25 @@ def plan(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: Sequence[
                         or pixels <= UNFOLD_GRADIENT_MAX_OUTPUT_PIXELS
                         or kernel_shape[2] <= UNFOLD_GRADIENT_MAX_INPUT_CHANNELS) else XLA
   return Plan(forward, gradient)
+
+
+def applies(backend: str | None = None) -> bool:
+  """Whether model convolutions take this module's `conv2d` (the one place that decides).
+
+  Only on CPU, where its rule was measured. On a GPU or TPU, `lax`'s own
+  convolution and JAX's own derivative run unchanged: the vendor library
+  does well there, and the CPU workarounds (the materialised flipped kernel
+  behind an optimization barrier) would hide the backward-input pattern
+  that XLA GPU hands to cuDNN.
+
+  Args:
+    backend: "cpu", "gpu", ...; None: JAX's default backend.
+  """
+  return (backend or _default_backend()) == "cpu"
+
+
+def _default_backend() -> str:
+  return jax.default_backend()
 
 
 def _is_small_stem(kernel_shape: Sequence[int]) -> bool:
@@ -286,12 +305,13 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          precision: Any = None, **kwargs: Any) -> jax.Array:
   """Drop-in for `lax.conv_general_dilated` as flax's `nn.Conv` calls it.
 
-  Plain 2-D NHWC/HWIO convolutions with explicit padding take `conv2d`;
-  anything else (dilations, groups, string padding, other layouts, a
-  precision) goes to `lax.conv_general_dilated` unchanged.
+  On CPU (`applies`), plain 2-D NHWC/HWIO convolutions with explicit
+  padding take `conv2d`. Other backends, and anything else (dilations,
+  groups, string padding, other layouts, a precision), go to
+  `lax.conv_general_dilated` unchanged.
   """
   pads = _explicit_padding(padding)
-  plain = (pads is not None and lhs.ndim == 4 and feature_group_count == 1
+  plain = (applies() and pads is not None and lhs.ndim == 4 and feature_group_count == 1
            and precision is None and not kwargs
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1)))
