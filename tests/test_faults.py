@@ -152,6 +152,7 @@ def _exhausted():
 
 def test_out_of_memory_halves_the_chunks_and_records_it(tmp_path, monkeypatch):
   spec, clfs, x, y, targets = _sweep_problem()
+  spec = dataclasses.replace(spec, targeted=(False, True))  # two attack calls of each shape
   clean_run = _sweep.run_sweep(spec, clfs, x, y, targets, jax.random.key(0), tmp_path / "ok",
                                progress=False)
   attack, predict = _pgd.pgd_trajectory_results_batch, jd.StochasticClassifier.predict_sequential
@@ -180,8 +181,16 @@ def test_out_of_memory_halves_the_chunks_and_records_it(tmp_path, monkeypatch):
   for record in retried:
     m = record["m"]
     assert record["eot_chunk_size_used"] == (None if m == 1 else 1)
-    assert record["attack_oom_retries"] == (0 if m == 1 else 2)  # m=4: chunks 4, 2, then 1
-    assert record["vote_split"] == 4 and record["vote_oom_retries"] == 2
+    assert record["vote_split"] == 4
+  # The split that fitted is remembered: one failing attack (m=4: chunks 4, 2, then 1)
+  # and one failing vote (splits 1, 2, then 4) in the whole run, not one per cell.
+  # The split that fitted is remembered for the rest of the run: the untargeted m=4 call
+  # fails at chunks 4 and 2, the targeted one starts at 1; only the first vote fails.
+  for record in retried:
+    failed = record["m"] == 4 and not record["targeted"]
+    assert record["attack_oom_retries"] == (2 if failed else 0), record["unit"]
+    assert record["vote_oom_retries"] == 0
+  assert calls["vote"] == 3 + len(retried)  # the clean vote at splits 1, 2, 4; then one each
   assert all(r["attack_oom_retries"] == 0 and r["vote_split"] == 1 for r in clean_run)
 
 

@@ -286,12 +286,17 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def with_memory_retries(run: Callable[[int], Any], first: int, last: int, *, what: str,
-                        where: str) -> tuple[Any, int, int]:
+                        where: str, fitted: dict | None = None, shape: Any = None
+                        ) -> tuple[Any, int, int]:
   """``run(level)`` from `first`, doubling the level after each out-of-memory error.
 
   The level divides the memory of one compiled call (an EOT chunk of m /
   level draws, a vote pass of 1 / level of the images); nothing is written
   before `run` returns, so a failed try leaves no partial cell.
+
+  With `fitted` (a dict kept for the whole run) the level that fitted a call
+  of this `shape` is remembered, and the next call of that shape starts
+  there: one failure per shape, not one per cell.
 
   Returns:
     (result, level that fitted, retries).
@@ -301,9 +306,14 @@ def with_memory_retries(run: Callable[[int], Any], first: int, last: int, *, wha
       tried); other errors propagate unchanged.
   """
   level, tried = first, []
+  if fitted is not None:
+    level = min(max(first, fitted.get(shape, first)), last)
   while True:
     try:
-      return run(level), level, len(tried)
+      result = run(level)
+      if fitted is not None:
+        fitted[shape] = level
+      return result, level, len(tried)
     except jax.errors.JaxRuntimeError as error:
       if not is_out_of_memory(error):
         raise
@@ -379,6 +389,7 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
   missing = lambda units: [u for u in units
                            if unit_records(workdir, u, spec.checkpoints) is None]
   counted: set[str] = set()
+  fitted: dict = {}  # the memory split that fitted, per call shape (`with_memory_retries`)
   bar = tqdm(total=len(spec.units()), desc="sweep units", unit="run", disable=not progress)
 
   def count(units):
@@ -394,7 +405,7 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
       labels_cost, split, retries = with_memory_retries(
           lambda split: vote(clf, clean_vote_key(key, pair), images, spec, split=split), 1,
           max(int(images.shape[0]), clf.vote_chunk_size), what="vote split",
-          where=f"clean vote of {pair}")
+          where=f"clean vote of {pair}", fitted=fitted, shape=("vote", pair))
       clean[pair] = (labels_cost[0], dict(labels_cost[1], vote_split=split,
                                            vote_oom_retries=retries))
     bar.set_postfix_str(first.name if len(units) == 1 else f"{first.name} +{len(units) - 1}",
@@ -425,7 +436,8 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
 
     (trajectories, eot_chunk), _, attack_retries = with_memory_retries(
         attack, 1, full_chunk, what="EOT split",
-        where=f"attack of {first.name}" + (f" +{len(units) - 1}" if len(units) > 1 else ""))
+        where=f"attack of {first.name}" + (f" +{len(units) - 1}" if len(units) > 1 else ""),
+        fitted=fitted, shape=("attack", pair, first.eot, attacked, in_call))
     # One call for all alphas: each unit's share of its time.
     attack_s = (time.perf_counter() - start) / len(units)
     for unit, vote_key, results in zip(units, vote_keys, trajectories):
@@ -435,7 +447,7 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
             lambda split: vote(clf, jax.random.fold_in(vote_key, k), result.adversarial, spec,
                                skip, split=split), 1,
             max(int(images.shape[0]), clf.vote_chunk_size), what="vote split",
-            where=f"vote of {unit.name} at k={k}")
+            where=f"vote of {unit.name} at k={k}", fitted=fitted, shape=("vote", pair))
         rate = attacks.success_rate(clean_labels, adversarial, labels,
                                     targets if unit.targeted else None, num_votes=spec.votes)
         record = {
