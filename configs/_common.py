@@ -20,6 +20,12 @@ def new_config(experiment: str) -> ml_collections.ConfigDict:
   config.seed = 0
   config.progress = True
   config.models_dir = "runs/models"  # models trained here, shared across runs
+  # The models' computation dtype: "float32" or "bfloat16" (convolutions and
+  # BatchNorm; images, perturbations, logits and losses stay float32).
+  config.dtype = "float32"
+  # Device memory in GB that "auto" row limits fill half of; 0: the device's
+  # own (a CPU has no limit). --dry_run states 80 when this is 0.
+  config.device_memory_gb = 0.0
   config.data = ml_collections.ConfigDict()
   config.attack = ml_collections.ConfigDict()
   return config
@@ -34,6 +40,22 @@ def add_sanity_check(config: ml_collections.ConfigDict) -> None:
   a summary.md section. False skips it.
   """
   config.sanity_check = True
+
+
+def rows_setting(value: str | int = "auto") -> ml_collections.FieldReference:
+  """A rows-per-call field that takes "auto" or an integer (here and on the command line)."""
+  return ml_collections.FieldReference(value, field_type=object)
+
+
+def add_vote_rows(section: ml_collections.ConfigDict) -> None:
+  """Adds ``vote_rows_per_call = "auto"`` to the section that sets ``vote_chunk_size``.
+
+  The most model rows (draws x images) one vote, invariance or sanity call
+  evaluates: "auto" is no bound on a CPU (``vote_chunk_size`` draws at a
+  time, as before) and half the device's memory on an accelerator
+  (`jaxdef.memory`); 0 is no bound; an integer is kept.
+  """
+  section.vote_rows_per_call = rows_setting()
 
 
 def set_data(config: ml_collections.ConfigDict, name: str, num_images: int) -> None:

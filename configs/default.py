@@ -48,14 +48,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.targeted = (False, True)
   config.attack.votes = 50
   config.attack.vote_chunk_size = 50
+  _common.add_vote_rows(config.attack)
   config.attack.eot_chunk_size = 0
-  # At most 256 images per model call of an attack step: the EOT draws are
-  # chunked under it (the invariant model's EOT-5 cells, 80 images x 2 alphas
-  # x 5 draws = 800 rows, run one draw at a time). On a 2-core CPU an
-  # 800-row call ran at 4,129 image-gradients/s, a 160-row one at 4,914
-  # (BENCHMARKS.md); the success counts do not depend on it beyond the
-  # summation order of the EOT mean. 0: no limit (a GPU).
-  config.attack.eot_rows_per_call = 256
+  # Most images per model call of an attack step; the EOT draws are chunked
+  # under it. "auto" is 256 on a CPU (the invariant model's EOT-5 cells, 80
+  # images x 2 alphas x 5 draws = 800 rows, run one draw at a time: on a
+  # 2-core CPU an 800-row call ran at 4,129 image-gradients/s, a 160-row one
+  # at 4,914, BENCHMARKS.md) and half the device's memory on an accelerator
+  # (jaxdef.memory); the success counts do not depend on it beyond the
+  # summation order of the EOT mean. 0: no limit.
+  config.attack.eot_rows_per_call = _common.rows_setting()
   # Both alphas of a (model, target mode, m) in one compiled call: the same
   # iterates as one run per alpha (bit for bit on CPU), twice one run's memory.
   config.attack.batch_alphas = True

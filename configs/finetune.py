@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evaluation = ml_collections.ConfigDict()
   config.evaluation.draws = 100  # defense draws per image
   config.evaluation.vote_chunk_size = 50
+  _common.add_vote_rows(config.evaluation)
 
   if variant == "tiny":
     config.data.num_images = 16

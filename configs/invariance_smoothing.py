@@ -58,6 +58,7 @@ def build(experiment: str, parameter: str, defenses: dict, variant: str
   config.attack.loss = "ce"
   config.attack.votes = 500
   config.attack.vote_chunk_size = 100
+  _common.add_vote_rows(config.attack)
   config.attack.invariance_draws = 100
 
   if variant == "imagenette":

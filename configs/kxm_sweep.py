@@ -30,10 +30,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.targeted = (False, True)
   config.attack.votes = 500
   config.attack.vote_chunk_size = 100
+  _common.add_vote_rows(config.attack)
   config.attack.eot_chunk_size = 0  # 0: all m draws at once
-  # Most images per model call of an attack step, EOT draws chunked under it;
-  # 0: no limit (GPUs). CPU caches favour a few hundred (configs/default.py).
-  config.attack.eot_rows_per_call = 0
+  # Most images per model call of an attack step, EOT draws chunked under it:
+  # "auto" is 256 on a CPU, whose caches favour a few hundred
+  # (configs/default.py), and half the device's memory on an accelerator
+  # (jaxdef.memory); 0: no limit.
+  config.attack.eot_rows_per_call = _common.rows_setting()
   # All alphas of a (model, defense, target mode, m) in one vmapped call: the
   # same iterates as one run per alpha, len(alphas) times one run's memory.
   # Off for ImageNet (4 x a ResNet-50 EOT-20 run of 1,000 images), on below.
@@ -73,7 +76,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.attack.alphas_255 = (1.0, 4.0)
     config.attack.votes = 100
     config.attack.batch_alphas = True
-    config.attack.eot_rows_per_call = 256  # a CPU's size (configs/default.py)
     if variant == "tiny":
       config.data.num_images = 8
       config.models = ml_collections.ConfigDict({

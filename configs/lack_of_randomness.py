@@ -69,6 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.alpha_255 = 1.0  # PGD step in 1/255 units, both settings
   config.attack.steps = (10, 50, 100)  # k of the published setting; EOT-1 runs k x m
   config.attack.vote_chunk_size = 30
+  _common.add_vote_rows(config.attack)
   config.attack.eot_chunk_size = 10  # EOT draws evaluated at once (memory); 0: all
 
   if variant == "imagenet":

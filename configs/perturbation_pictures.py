@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.random_start = False
   config.attack.votes = 100
   config.attack.vote_chunk_size = 50
+  _common.add_vote_rows(config.attack)
 
   if variant == "imagenet":
     _common.set_data(config, "imagenet", num_images=100)

@@ -54,6 +54,9 @@ class StochasticClassifier:
       the identity (the undefended model).
     vote_chunk_size: draws evaluated at once by `predict` and `invariance`
       (memory bound: chunk x B forward passes at a time).
+    vote_rows_per_call: optional bound on those model rows (draws x images)
+      per call: a vote of B images then takes at most max(1, rows // B) draws
+      at a time (`jaxdef.memory` picks it per device). None: no bound.
     stochastic_model: True when the model itself is random, ``logits_fn(key,
       images) -> logits`` (stochastic activation pruning,
       `jaxdef.models.stochastic_logits_fn`). Each draw then splits its key
@@ -61,12 +64,17 @@ class StochasticClassifier:
   """
 
   def __init__(self, logits_fn: Callable[..., jax.Array], defense: Any = None, *,
-               vote_chunk_size: int = 100, stochastic_model: bool = False):
+               vote_chunk_size: int = 100, stochastic_model: bool = False,
+               vote_rows_per_call: int | None = None):
     if not callable(logits_fn):
       expected = "(key, images) -> logits" if stochastic_model else "images -> logits"
       raise TypeError(
           f"logits_fn must be callable {expected}, got {type(logits_fn).__name__}")
     _validate.check_number(vote_chunk_size, "vote_chunk_size", low=1, integer=True)
+    if vote_rows_per_call is not None:
+      _validate.check_number(vote_rows_per_call, "vote_rows_per_call", low=1, integer=True)
+      vote_rows_per_call = int(vote_rows_per_call)
+    self.vote_rows_per_call = vote_rows_per_call
     if stochastic_model not in (True, False):
       raise TypeError(f"stochastic_model must be True or False, got {stochastic_model!r}")
     self.stochastic_model = bool(stochastic_model)
@@ -84,18 +92,20 @@ class StochasticClassifier:
   # only in weights share one compilation; everything else (the defense,
   # a closure) is the structure, compared by identity as before.
   def tree_flatten(self):
-    static = (self.defense, self.vote_chunk_size, self.stochastic_model)
+    static = (self.defense, self.vote_chunk_size, self.stochastic_model,
+              self.vote_rows_per_call)
     if self._weights_are_data:
       return (self.logits_fn,), (None,) + static
     return (), (self.logits_fn,) + static
 
   @classmethod
   def tree_unflatten(cls, aux, children):
-    logits_fn, defense, vote_chunk_size, stochastic_model = aux
+    logits_fn, defense, vote_chunk_size, stochastic_model, vote_rows_per_call = aux
     clf = object.__new__(cls)
     clf.logits_fn = children[0] if logits_fn is None else logits_fn
     clf.defense = defense
     clf.vote_chunk_size = vote_chunk_size
+    clf.vote_rows_per_call = vote_rows_per_call
     clf.stochastic_model = stochastic_model
     clf._weights_are_data = logits_fn is None
     clf._num_classes = {}
@@ -207,7 +217,8 @@ class StochasticClassifier:
       images: float (B, H, W, C) in [0, 1].
       n: most draws per image, >= 1.
       chunk: draws between looks, in [1, n]; None: min(10, vote_chunk_size,
-        n). Memory: chunk x B defended images at a time.
+        n), lowered under `vote_rows_per_call`. Memory: chunk x B defended
+        images at a time.
       error: in (0, 1), see the guarantee.
       sub_batches: >= 1; the model evaluates ceil(B / sub_batches) undecided
         images per pass. 1 evaluates the whole batch at every look (as does a
@@ -226,7 +237,7 @@ class StochasticClassifier:
     images = self._checked(key, images)
     _validate.check_number(n, "n", low=1, integer=True)
     if chunk is None:
-      chunk = min(10, self.vote_chunk_size, int(n))
+      chunk = draws_per_call(self, min(10, int(n)), images.shape[0])
     _validate.check_number(chunk, "chunk", low=1, high=int(n), integer=True)
     _validate.check_number(error, "error", low=0, high=1, low_inclusive=False,
                            high_inclusive=False)
@@ -289,13 +300,23 @@ def aggregate(draw_logits: jax.Array, mode: str = "vote") -> jax.Array:
   return label
 
 
+def draws_per_call(clf: StochasticClassifier, n: int, batch: int) -> int:
+  """Vote draws evaluated at once for a batch of `batch` images: `vote_chunk_size`,
+  lowered under `vote_rows_per_call` (at least 1), at most n."""
+  chunk = min(clf.vote_chunk_size, n)
+  if clf.vote_rows_per_call is not None:
+    chunk = min(chunk, max(1, clf.vote_rows_per_call // batch))
+  return chunk
+
+
 @functools.partial(jax.jit, static_argnums=3)
 def _draw_logits(clf: StochasticClassifier, key, images, n: int) -> jax.Array:
   keys = jax.random.split(key, n)
   draw = lambda k: clf.logits(k, images)
-  if clf.vote_chunk_size >= n:
+  chunk = draws_per_call(clf, n, images.shape[0])
+  if chunk >= n:
     return jax.vmap(draw)(keys)
-  return jax.lax.map(draw, keys, batch_size=clf.vote_chunk_size)
+  return jax.lax.map(draw, keys, batch_size=chunk)
 
 
 @jax.jit

@@ -22,6 +22,7 @@ from jaxdef import classifier
 from jaxdef import experiments
 from jaxdef.attacks import _pgd
 from jaxdef.experiments import _kxm
+from jaxdef.experiments import _sources
 from jaxdef.experiments import _sweep
 from jaxdef.experiments import _vote_agreement
 from jaxdef.reports import tables
@@ -263,6 +264,20 @@ def test_best_alpha_keeps_the_highest_rate_and_the_smaller_alpha_on_ties():
              dict(base, k=20, alpha=0.01, rate=0.1)]
   best = _sweep.best_alpha(records)
   assert [(r["k"], r["alpha"]) for r in best] == [(10, 0.02), (20, 0.01)]
+
+
+def test_bfloat16_config_runs_the_models_in_bfloat16(tmp_path):
+  """config.dtype reaches the models; images, logits and records stay float32."""
+  config = kxm_sweep.get_config("tiny")
+  config.dtype = "bfloat16"
+  fn = _sources.load_model("untrained", config.models.untrained, config, tmp_path)
+  assert fn.model.dtype == jnp.bfloat16
+  assert fn(jnp.zeros((2, 28, 28, 1))).dtype == jnp.float32
+  config.attack.targeted = (False,)
+  config.attack.eots = (1,)
+  config.progress = False
+  records = experiments.run(config, tmp_path / "run")["records"]
+  assert records and all(0 <= r["rate"] <= 1 for r in records)
 
 
 def test_tiny_config_end_to_end_writes_tables_and_figures(tmp_path):

@@ -11,7 +11,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdef import memory
 from jaxdef import models
+from jaxdef.attacks import _eot
 from jaxdef.experiments import _sources
 
 INPUT_SHAPES = {"fashion_mnist": (28, 28, 1), "imagenet": (224, 224, 3),
@@ -46,6 +48,108 @@ def forward_flops(entry, dataset: str) -> float | None:
   cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", 0.0)) or None
+
+
+# The device a dry run states when config.device_memory_gb is 0: one 80 GB
+# accelerator (an H100 or A100 80GB).
+DRY_RUN_DEVICE_GB = 80
+
+
+def _largest_eot(config) -> int:
+  """The most EOT draws per step any attack of the config takes."""
+  attack = config.attack
+  if "eots" in attack:
+    return max(int(m) for m in attack.eots)
+  if "eot" in attack:
+    return int(attack.eot)
+  if config.experiment == "lack_of_randomness":
+    from jaxdef.experiments import _lack_of_randomness
+
+    return max(row.eot for row in _lack_of_randomness.rows_of(config))
+  if "settings" in attack:
+    return max(int(m) for _, m in attack.settings)
+  return 1
+
+
+def _largest_votes(config, section: str) -> int:
+  """The most draws one prediction of the config votes over."""
+  settings = config[section]
+  counts = [int(settings.get(name, 0) or 0) for name in ("votes", "invariance_draws", "draws")]
+  if config.experiment == "lack_of_randomness":
+    from jaxdef.experiments import _lack_of_randomness
+
+    counts += [row.votes for row in _lack_of_randomness.rows_of(config)]
+  return max(counts + [1])
+
+
+def _row_costs(entry, config) -> tuple[memory.RowCost, memory.RowCost] | None:
+  """(attack-step, vote) row costs of the model entry from abstract shapes."""
+  model, shape = _model_for(entry, config.data.name)
+  if model is None or entry.get("activation") == "sap":
+    return None
+  dtype = _sources.compute_dtype(config)
+  if dtype is not None:
+    model = model.clone(dtype=dtype)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)),
+                                                train=False))
+  apply = lambda v, images: model.apply(v, images, train=False)
+  key = (repr(model), config.data.name)
+  build = lambda: (apply, variables)
+  return (memory.cached_row_cost(key, build, shape, gradient=True),
+          memory.cached_row_cost(key, build, shape, gradient=False))
+
+
+def memory_plan(config) -> dict[str, Any]:
+  """The largest attack and vote programs of the config and their memory on a stated device.
+
+  Rows: images x step sizes in one call x EOT draws per call (an attack
+  step), draws per call x images (a vote, invariance or sanity call), after
+  the config's row limits are resolved for a device of
+  ``config.device_memory_gb`` GB (`DRY_RUN_DEVICE_GB` when 0). Bytes: XLA's
+  `memory_analysis` of the model's gradient and forward pass on this
+  machine's backend (`jaxdef.memory.row_cost`), at the dataset's input size.
+  """
+  device_gb = float(config.get("device_memory_gb", 0) or DRY_RUN_DEVICE_GB)
+  device_bytes = int(device_gb * 2**30)
+  attack = config.attack if "attack" in config else {}
+  section = "evaluation" if config.experiment == "finetune" else "attack"
+  images = int(config.data.num_images)
+  if config.experiment == "perturbation_pictures":
+    images = min(images, int(config.num_pictures))
+  in_call = len(attack.alphas_255) if attack.get("batch_alphas", False) else 1
+  eot = _largest_eot(config) if config.experiment != "finetune" else 0
+  plan: dict[str, Any] = {"device_gb": device_gb, "models": {}}
+  for label, entry in config.get("models", {}).items():
+    costs = _row_costs(entry, config)
+    if costs is None:
+      plan["models"][label] = "not estimated (stochastic model or CIFAR ResNet-110)"
+      continue
+    gradient, forward = costs
+    programs = {}
+    if eot:
+      limit = memory.rows_per_call(attack.get("eot_rows_per_call", memory.AUTO), gradient,
+                                   on_cpu=memory.CPU_ROWS_PER_CALL, memory_bytes=device_bytes,
+                                   name="config.attack.eot_rows_per_call")
+      rows_per_draw = images * in_call
+      chunk = _eot.chunk_under(eot, rows_per_draw, limit, attack.get("eot_chunk_size") or None)
+      programs["attack_step"] = (chunk * rows_per_draw, gradient)
+    vote_limit = memory.rows_per_call(config[section].get("vote_rows_per_call", memory.AUTO),
+                                      forward, on_cpu=None, memory_bytes=device_bytes,
+                                      name=f"config.{section}.vote_rows_per_call")
+    votes = _largest_votes(config, section)
+    draws = min(int(config[section].vote_chunk_size), votes)
+    if vote_limit is not None:
+      draws = min(draws, max(1, vote_limit // images))
+    programs["vote"] = (draws * images, forward)
+    described = {name: {"rows": rows, "estimated_gb": round(cost.bytes_for(rows) / 2**30, 1)}
+                 for name, (rows, cost) in programs.items()}
+    largest = max(described, key=lambda name: described[name]["estimated_gb"])
+    plan["models"][label] = {
+        "gradient_row_mb": round(gradient.per_row / 2**20, 1),
+        "forward_row_mb": round(forward.per_row / 2**20, 1),
+        **described, "largest": largest,
+        "fits": described[largest]["estimated_gb"] <= device_gb}
+  return plan
 
 
 def describe(config) -> dict[str, Any]:
@@ -109,4 +213,6 @@ def describe(config) -> dict[str, Any]:
       if flops:
         # A gradient costs about 3 forward passes (forward + backward).
         report[f"tflop_{label}"] = round((3 * gradients + forwards) * flops / 1e12, 1)
+  if config.experiment != "theory" and config.get("models"):
+    report["memory"] = memory_plan(config)
   return report

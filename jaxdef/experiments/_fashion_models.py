@@ -137,5 +137,5 @@ def logits_fn(label: str, entry, config, workdir):
   del workdir  # models are shared across runs through config.models_dir
   model, variables, _ = trained(label, entry, config, progress=bool(config.get("progress", True)))
   if _sources.is_stochastic(entry):
-    return models.stochastic_logits_fn(model, variables)
-  return models.logits_fn(model, variables)
+    return models.stochastic_logits_fn(model, variables, dtype=_sources.compute_dtype(config))
+  return models.logits_fn(model, variables, dtype=_sources.compute_dtype(config))

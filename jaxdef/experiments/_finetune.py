@@ -40,7 +40,8 @@ def _load(config, workdir: pathlib.Path):
 
       model, variables, info = _fashion_models.trained(
           label, entry, config, progress=bool(config.get("progress", True)))
-      loaded[label] = (models.logits_fn(model, variables), info["history"])
+      loaded[label] = (models.logits_fn(model, variables, dtype=_sources.compute_dtype(config)),
+                       info["history"])
     else:
       loaded[label] = (_sources.load_model(label, entry, config, workdir), None)
   return loaded
@@ -108,7 +109,7 @@ def run_finetune(config, workdir: pathlib.Path) -> dict:
     histories[model] = history
     for index, (defense_label, defense) in enumerate(defenses.items()):
       clf = StochasticClassifier(logits_fn, defense,
-                                 vote_chunk_size=int(config.evaluation.vote_chunk_size))
+                                 **_sources.vote_settings(config, logits_fn, "evaluation"))
       # The same key per defense for every model: differences between models
       # are not differences between draws.
       rates = measure(clf, jax.random.fold_in(key, index), dataset.images, dataset.labels,

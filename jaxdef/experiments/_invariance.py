@@ -213,8 +213,9 @@ def track_epochs(config, workdir: pathlib.Path, dataset, defenses: dict,
       for epoch, variables in variables_by_epoch:
         if epoch == 0 or cells[epoch] is not None:
           continue
-        clf = StochasticClassifier(models.logits_fn(model, variables), defense,
-                                   vote_chunk_size=int(config.attack.vote_chunk_size))
+        logits_fn = models.logits_fn(model, variables, dtype=_sources.compute_dtype(config))
+        clf = StochasticClassifier(logits_fn, defense,
+                                   **_sources.vote_settings(config, logits_fn))
         cells[epoch] = {"defense": defense_label, "strength": before[defense_label]["strength"],
                         "parameter": config.invariance.parameter, "model": model_label,
                         "epoch": epoch,
@@ -261,7 +262,7 @@ def run_invariance(config, workdir: pathlib.Path) -> dict:
     if model not in loaded:
       loaded[model] = _sources.load_model(model, config.models[model], config, workdir)
     return StochasticClassifier(loaded[model], defense,
-                                vote_chunk_size=int(config.attack.vote_chunk_size))
+                                **_sources.vote_settings(config, loaded[model]))
 
   sanity_text = ""
   if config.get("sanity_check", True):

@@ -204,25 +204,24 @@ class _Judge:
 
 def _attack_classifier(config, row: Row, logits_fn) -> StochasticClassifier:
   """The classifier the attack differentiates for `row` (its EOT draws)."""
-  chunk = int(config.attack.vote_chunk_size)
+  votes = _sources.vote_settings(config, logits_fn)
   if row.defense in ("random_crop", "resize_pad"):
-    return StochasticClassifier(logits_fn, _preprocessing(row), vote_chunk_size=chunk)
+    return StochasticClassifier(logits_fn, _preprocessing(row), **votes)
   if row.defense == "sap":
-    return StochasticClassifier(logits_fn, None, vote_chunk_size=chunk, stochastic_model=True)
+    return StochasticClassifier(logits_fn, None, stochastic_model=True, **votes)
   # k-WTA and odds-are-odd are attacked through Gaussian noise: for k-WTA
   # the gradient noise that smooths its discontinuities, for odds-are-odd the
   # noise that also moves the detector's statistic.
   sigma = (float(row.params.get("sigma", 0.05)) if row.defense == "kwta"
            else _odds_settings(row)["attack_sigma"])
-  return StochasticClassifier(logits_fn, defenses_lib.randomized_smoothing(sigma=sigma),
-                              vote_chunk_size=chunk)
+  return StochasticClassifier(logits_fn, defenses_lib.randomized_smoothing(sigma=sigma), **votes)
 
 
 def _judge_for(config, row: Row, logits_fn, dataset, key) -> _Judge:
   attack = _attack_classifier(config, row, logits_fn)
   if row.defense in ("random_crop", "resize_pad", "sap"):
     return _Judge(attack, attack, row.votes)
-  judge = StochasticClassifier(logits_fn, None, vote_chunk_size=int(config.attack.vote_chunk_size))
+  judge = StochasticClassifier(logits_fn, None, **_sources.vote_settings(config, logits_fn))
   if row.defense == "kwta":
     return _Judge(attack, judge, row.votes)
   odds = _odds_settings(row)

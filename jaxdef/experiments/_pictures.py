@@ -120,9 +120,8 @@ def run_pictures(config, workdir: pathlib.Path) -> dict:
   votes = int(config.attack.votes)
   num_pictures = min(int(config.num_pictures), len(dataset.labels))
   attack_key, eval_key = jax.random.split(jax.random.key(int(config.seed)))
-  chunk = int(config.attack.vote_chunk_size)
-  classifiers = {(model, defense_label): StochasticClassifier(logits_fn, defense,
-                                                              vote_chunk_size=chunk)
+  classifiers = {(model, defense_label): StochasticClassifier(
+                     logits_fn, defense, **_sources.vote_settings(config, logits_fn))
                  for model, logits_fn in logits_fns.items()
                  for defense_label, defense in defenses.items()}
   sanity_text = _sanity.run(config, {pair: (clf, votes) for pair, clf in classifiers.items()},

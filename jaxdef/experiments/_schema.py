@@ -14,12 +14,13 @@ import math
 import numbers
 
 _COMMON = frozenset({"experiment", "seed", "progress", "models_dir", "data", "attack", "models",
-                     "defenses"})
+                     "defenses", "dtype", "device_memory_gb"})
 # Experiments that attack and so run the pre-attack sanity check (`jaxdef.checks`).
 _SANITY = frozenset({"sanity_check"})
 _DATA = frozenset({"name", "source", "split", "dir", "num_images", "target_label"})
 _SWEEP_ATTACK = frozenset({"eps_255", "steps", "eots", "alphas_255", "targeted", "votes",
-                           "vote_chunk_size", "eot_chunk_size", "eot_rows_per_call",
+                           "vote_chunk_size", "vote_rows_per_call", "eot_chunk_size",
+                           "eot_rows_per_call",
                            "batch_alphas",
                            "sequential_votes", "vote_error", "counted_only"})
 _THEORY = frozenset({"eps", "sigma", "k_min", "k_max", "num_k", "num_votes", "mc_samples"})
@@ -34,18 +35,21 @@ SCHEMA: dict[str, dict[str | None, frozenset]] = {
     "kxm_sweep": {None: _SANITY, "attack": _SWEEP_ATTACK},
     "lack_of_randomness": {None: frozenset({"rows"}) | _SANITY,
                            "attack": frozenset({"eps_255", "alpha_255", "steps",
-                                                "vote_chunk_size", "eot_chunk_size"})},
+                                                "vote_chunk_size", "vote_rows_per_call",
+                                                "eot_chunk_size"})},
     "invariance_smoothing": {None: frozenset({"invariance"}) | _SANITY,
                              "attack": frozenset({"eps_255", "steps", "eot", "loss", "votes",
-                                                  "vote_chunk_size", "invariance_draws",
+                                                  "vote_chunk_size", "vote_rows_per_call",
+                                                  "invariance_draws",
                                                   "eot_chunk_size"}),
                              "invariance": frozenset({"parameter", "track_epochs"})},
     "finetune": {None: frozenset({"evaluation"}), "attack": frozenset(),
-                 "evaluation": frozenset({"draws", "vote_chunk_size"})},
+                 "evaluation": frozenset({"draws", "vote_chunk_size", "vote_rows_per_call"})},
     "theory": {None: frozenset({"theory"}), "theory": _THEORY},
     "perturbation_pictures": {None: frozenset({"num_pictures"}) | _SANITY,
                               "attack": frozenset({"eps_255", "alpha_255", "settings",
                                                    "random_start", "votes", "vote_chunk_size",
+                                                   "vote_rows_per_call",
                                                    "eot_chunk_size"})},
 }
 SCHEMA["invariance_bart"] = SCHEMA["invariance_smoothing"]
@@ -137,6 +141,13 @@ def _choice(*allowed):
   return check
 
 
+def _rows_per_call(value):
+  if value is None or value == "auto":
+    return None
+  if _count(0)(value) is not None:
+    return "'auto', 0 (no limit) or an integer >= 1 (model rows per call)"
+
+
 def _pairs_of_counts(value):
   pair = lambda item: None if (isinstance(item, (tuple, list)) and len(item) == 2 and all(
       _count()(v) is None for v in item)) else "no"
@@ -160,7 +171,12 @@ VALUES = {
     ("attack", "vote_chunk_size"): _count(),
     # 0 or None: all draws at once; no row limit.
     ("attack", "eot_chunk_size"): lambda value: None if value is None else _count(0)(value),
-    ("attack", "eot_rows_per_call"): lambda value: None if value is None else _count(0)(value),
+    ("attack", "eot_rows_per_call"): _rows_per_call,
+    ("attack", "vote_rows_per_call"): _rows_per_call,
+    ("evaluation", "vote_rows_per_call"): _rows_per_call,
+    (None, "dtype"): _choice("float32", "bfloat16"),
+    (None, "device_memory_gb"): _number(0, math.inf, low_inclusive=True, high_inclusive=False,
+                                        unit=" (0: the device's own)"),
     ("attack", "invariance_draws"): _count(),
     ("attack", "targeted"): _sequence_of(_flag, "True/False"),
     ("attack", "batch_alphas"): _flag,

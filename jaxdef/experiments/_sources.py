@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxdef import data
 from jaxdef import defenses as defenses_lib
+from jaxdef import memory
 from jaxdef import models
 from jaxdef.classifier import StochasticClassifier
 
@@ -63,9 +64,77 @@ def classifiers(config, logits_fns: dict[str, Any], defenses: dict[str, Any]
                 ) -> dict[tuple[str, str], StochasticClassifier]:
   """(model label, defense label) -> the defended classifier, for every pair."""
   return {(m, d): StochasticClassifier(fn, defense,
-                                       vote_chunk_size=int(config.attack.vote_chunk_size),
-                                       stochastic_model=is_stochastic(config.models[m]))
+                                       stochastic_model=is_stochastic(config.models[m]),
+                                       **vote_settings(config, fn))
           for m, fn in logits_fns.items() for d, defense in defenses.items()}
+
+
+DTYPES = {"float32": None, "bfloat16": jax.numpy.bfloat16}
+
+
+def compute_dtype(config) -> Any:
+  """The models' computation dtype from ``config.dtype`` (None: float32, the
+  models' own). bfloat16 runs convolutions and BatchNorm in bfloat16; images,
+  perturbations, logits and losses stay float32."""
+  name = config.get("dtype", "float32")
+  if name not in DTYPES:
+    raise ValueError(f"config.dtype must be one of {', '.join(map(repr, DTYPES))}, got {name!r}")
+  return DTYPES[name]
+
+
+def stated_memory_bytes(config) -> int | None:
+  """``config.device_memory_gb`` in bytes (None when 0 or absent: the device's own)."""
+  gigabytes = config.get("device_memory_gb", 0) or 0
+  return int(float(gigabytes) * 2**30) if gigabytes else None
+
+
+def input_shape(config) -> tuple[int, int, int]:
+  """(H, W, C) of the config's dataset as the models see it."""
+  from jaxdef.experiments import _dry_run
+
+  return _dry_run.INPUT_SHAPES[config.data.name]
+
+
+def _deterministic(logits_fn) -> bool:
+  """A `jaxdef.models.logits_fn` without random layers: its memory can be estimated."""
+  return getattr(logits_fn, "stochastic", None) is False
+
+
+def _row_cost(config, logits_fn, gradient: bool):
+  """A function returning the model's `memory.RowCost` (compiled only when called)."""
+  apply = lambda fn, images: fn(images)
+  key = (id(logits_fn), config.data.name, config.get("dtype", "float32"))
+  return lambda: memory.cached_row_cost(key, lambda: (apply, logits_fn), input_shape(config),
+                                        gradient=gradient)
+
+
+def vote_settings(config, logits_fn, section: str = "attack") -> dict[str, Any]:
+  """`StochasticClassifier` keywords of votes: ``vote_chunk_size`` draws at a
+  time, at most ``vote_rows_per_call`` model rows ("auto": no bound on a CPU,
+  half the device's memory on an accelerator; `jaxdef.memory`)."""
+  settings = config[section]
+  setting = settings.get("vote_rows_per_call", memory.AUTO)
+  rows = memory.rows_per_call(
+      setting, _row_cost(config, logits_fn, gradient=False) if _deterministic(logits_fn) else None,
+      on_cpu=None, memory_bytes=stated_memory_bytes(config),
+      name=f"config.{section}.vote_rows_per_call")
+  return {"vote_chunk_size": int(settings.vote_chunk_size), "vote_rows_per_call": rows}
+
+
+def eot_rows_per_call(config, logits_fns: dict[str, Any]) -> int | None:
+  """``config.attack.eot_rows_per_call`` resolved: "auto" is 256 rows on a CPU
+  and, on an accelerator, the most that every model's attack step fits."""
+  setting = config.attack.get("eot_rows_per_call", memory.AUTO)
+  resolved = [memory.rows_per_call(setting, _row_cost(config, fn, gradient=True),
+                                   on_cpu=memory.CPU_ROWS_PER_CALL,
+                                   memory_bytes=stated_memory_bytes(config),
+                                   name="config.attack.eot_rows_per_call")
+              for fn in logits_fns.values() if _deterministic(fn)] or [
+                  memory.rows_per_call(setting, None, on_cpu=memory.CPU_ROWS_PER_CALL,
+                                       name="config.attack.eot_rows_per_call")
+                  if setting != memory.AUTO else memory.CPU_ROWS_PER_CALL]
+  limits = [rows for rows in resolved if rows is not None]
+  return min(limits) if limits else None
 
 
 def activation_of(label: str, entry) -> dict[str, Any]:
@@ -95,8 +164,9 @@ def is_stochastic(entry) -> bool:
   return entry.get("activation", "relu") == "sap"
 
 
-def _pure_fn(model, variables, stochastic: bool):
-  return (models.stochastic_logits_fn if stochastic else models.logits_fn)(model, variables)
+def _pure_fn(model, variables, stochastic: bool, dtype: Any = None):
+  return (models.stochastic_logits_fn if stochastic else models.logits_fn)(model, variables,
+                                                                          dtype=dtype)
 
 
 def targets_for(labels: np.ndarray, num_classes: int, target_label: int) -> np.ndarray:
@@ -171,20 +241,22 @@ def load_model(label: str, entry, config, workdir: pathlib.Path):
   if source == "small_resnet":
     model, variables = models.small_resnet(num_classes, key=jax.random.key(config.seed),
                                            widths=tuple(entry.get("widths", (16, 32, 64))), **act)
-    return _pure_fn(model, variables, stochastic)
+    return _pure_fn(model, variables, stochastic, compute_dtype(config))
   if source == "torchvision":
     depth = int(entry.depth)
     model, _ = models.resnet(depth, num_classes, **act)
-    return _pure_fn(model, models.from_torchvision(entry.path, depth=depth), stochastic)
+    return _pure_fn(model, models.from_torchvision(entry.path, depth=depth), stochastic,
+                    compute_dtype(config))
   if source == "cohen":
     arch = entry.get("arch") or None
     variables = models.from_cohen_checkpoint(entry.path, arch=arch)
     model, _ = (models.cifar_resnet(110, **act) if (arch or "").startswith("cifar")
                 else models.resnet(50, 1000, **act))
-    return _pure_fn(model, variables, stochastic)
+    return _pure_fn(model, variables, stochastic, compute_dtype(config))
   if source == "variables":
     model, like = models.resnet(int(entry.depth), num_classes, **act)
-    return _pure_fn(model, models.load_variables(entry.path, like=like), stochastic)
+    return _pure_fn(model, models.load_variables(entry.path, like=like), stochastic,
+                    compute_dtype(config))
   from jaxdef.experiments import _fashion_models
 
   return _fashion_models.logits_fn(label, entry, config, workdir)

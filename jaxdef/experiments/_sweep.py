@@ -46,6 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdef import attacks
+from jaxdef import classifier
 from jaxdef.attacks import _eot
 from jaxdef.attacks import _pgd
 from jaxdef.experiments import _claims
@@ -254,12 +255,14 @@ def vote(clf, key: jax.Array, images, spec: SweepSpec, skip: np.ndarray | None =
   batch = int(images.shape[0])
   if not spec.sequential_votes:
     if split > 1:
+      drawn = classifier.draws_per_call(clf, spec.votes, batch)
       clf = type(clf)(clf.logits_fn, clf.defense, stochastic_model=clf.stochastic_model,
-                      vote_chunk_size=max(1, clf.vote_chunk_size // split))
+                      vote_chunk_size=max(1, drawn // split),
+                      vote_rows_per_call=clf.vote_rows_per_call)
     labels = np.asarray(clf.predict(key, images, n=spec.votes))
     return labels, {"vote_forward_passes": spec.votes * batch,
                     "vote_draws_mean": float(spec.votes)}
-  chunk = min(SEQUENTIAL_LOOK_EVERY, clf.vote_chunk_size, spec.votes)
+  chunk = classifier.draws_per_call(clf, min(SEQUENTIAL_LOOK_EVERY, spec.votes), batch)
   labels, draws, forward_passes = clf.predict_sequential(key, images, spec.votes, chunk=chunk,
                                                          error=spec.vote_error, skip=skip,
                                                          sub_batches=8 * split)
