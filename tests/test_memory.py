@@ -15,7 +15,9 @@ from configs import lack_of_randomness
 from jaxdef import classifier
 from jaxdef import experiments
 from jaxdef import memory
+from jaxdef.experiments import _kxm
 from jaxdef.experiments import _sources
+from jaxdef.experiments import _sweep
 
 GB = 2**30
 
@@ -119,6 +121,9 @@ def test_configs_resolve_their_row_limits_on_this_cpu():
   assert _sources.eot_rows_per_call(config, {"m": fn}) == memory.CPU_ROWS_PER_CALL
   assert _sources.vote_settings(config, fn) == {
       "vote_chunk_size": config.attack.vote_chunk_size, "vote_rows_per_call": None}
+  spec = _kxm.sweep_spec(config, {"m": fn}, config.defenses)
+  assert spec.eot_rows_per_call == memory.CPU_ROWS_PER_CALL  # what the default run uses
+  assert _kxm.sweep_spec(config, config.models, config.defenses).eot_rows_per_call == 256
   config.attack.eot_rows_per_call = 64
   config.attack.vote_rows_per_call = 100
   assert _sources.eot_rows_per_call(config, {"m": fn}) == 64
@@ -162,3 +167,9 @@ def test_without_row_limits_the_dry_run_shows_what_would_not_fit():
   assert entry["vote"]["estimated_gb"] > 1000
   config.device_memory_gb = 160  # a stated device of another size
   assert experiments.dry_run(config)["memory"]["device_gb"] == 160
+
+
+def test_sequential_votes_pass_over_undecided_images_on_a_cpu_only():
+  assert _sweep.sequential_sub_batches("cpu") == 8
+  assert _sweep.sequential_sub_batches("gpu") == _sweep.sequential_sub_batches("tpu") == 1
+  assert _sweep.sequential_sub_batches() == 8  # this machine

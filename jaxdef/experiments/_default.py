@@ -130,8 +130,7 @@ def run_default(config, workdir: pathlib.Path) -> dict:
   accuracy_rows = _accuracies(config, classifiers, dataset)
   _records.write_json(workdir / "accuracy.json", accuracy_rows)
 
-  spec = _kxm.sweep_spec(config, logits_fns, defenses,
-                         _sources.eot_rows_per_call(config, logits_fns))
+  spec = _kxm.sweep_spec(config, logits_fns, defenses)
   sanity_text = _kxm.sanity_checks(config, classifiers, dataset, workdir)
   records = _sweep.run_sweep(spec, classifiers, dataset.images, dataset.labels, dataset.targets,
                              jax.random.key(config.seed), workdir, progress=config.progress)

@@ -27,18 +27,20 @@ CSV_COLUMNS = ("model", "defense", "targeted", "k", "m", "alpha_255", "eps",
                "vote_forward_passes", "vote_draws_mean")
 
 
-def sweep_spec(config, model_labels, defense_labels,
-               eot_rows_per_call: int | None = None) -> _sweep.SweepSpec:
-  """The sweep of `config`; `eot_rows_per_call` is the config's, resolved
-  (`_sources.eot_rows_per_call`)."""
+def sweep_spec(config, models, defense_labels) -> _sweep.SweepSpec:
+  """The sweep of `config` for `models` (label -> logits function, or just the
+  labels: then the row limit is resolved without the models' memory)."""
   attack = config.attack
+  logits_fns = {label: fn for label, fn in models.items() if callable(fn)} if hasattr(
+      models, "items") else {}
+  model_labels = tuple(models)
   return _sweep.SweepSpec(
       models=tuple(model_labels), defenses=tuple(defense_labels),
       targeted=tuple(bool(t) for t in attack.targeted), eots=tuple(int(m) for m in attack.eots),
       alphas=tuple(float(a) / 255 for a in attack.alphas_255),
       checkpoints=tuple(int(k) for k in attack.steps), eps=float(attack.eps_255) / 255,
       votes=int(attack.votes), eot_chunk_size=attack.get("eot_chunk_size") or None,
-      eot_rows_per_call=eot_rows_per_call,
+      eot_rows_per_call=_sources.eot_rows_per_call(config, logits_fns),
       batch_alphas=attack.get("batch_alphas", False),
       sequential_votes=attack.get("sequential_votes", False),
       vote_error=attack.get("vote_error", 1e-3),
@@ -88,7 +90,7 @@ def run_kxm_sweep(config, workdir: pathlib.Path) -> dict:
   logits_fns = _sources.load_models(config, workdir)
   defenses = _sources.build_defenses(config.defenses)
   classifiers = _sources.classifiers(config, logits_fns, defenses)
-  spec = sweep_spec(config, logits_fns, defenses, _sources.eot_rows_per_call(config, logits_fns))
+  spec = sweep_spec(config, logits_fns, defenses)
   sanity_text = sanity_checks(config, classifiers, dataset, workdir)
   records = _sweep.run_sweep(spec, classifiers, dataset.images, dataset.labels, dataset.targets,
                              jax.random.key(config.seed), workdir, progress=config.progress)

@@ -123,16 +123,21 @@ def vote_settings(config, logits_fn, section: str = "attack") -> dict[str, Any]:
 
 def eot_rows_per_call(config, logits_fns: dict[str, Any]) -> int | None:
   """``config.attack.eot_rows_per_call`` resolved: "auto" is 256 rows on a CPU
-  and, on an accelerator, the most that every model's attack step fits."""
+  and, on an accelerator, the most that every model's attack step fits (no
+  limit when no model's memory can be estimated: the sweep's out-of-memory
+  retry then finds the size)."""
   setting = config.attack.get("eot_rows_per_call", memory.AUTO)
+  name = "config.attack.eot_rows_per_call"
+  stated = stated_memory_bytes(config)
+  estimable = [fn for fn in logits_fns.values() if _deterministic(fn)]
+  if setting == memory.AUTO and not estimable and (
+      stated is not None or jax.default_backend() != "cpu"):
+    return None
   resolved = [memory.rows_per_call(setting, _row_cost(config, fn, gradient=True),
-                                   on_cpu=memory.CPU_ROWS_PER_CALL,
-                                   memory_bytes=stated_memory_bytes(config),
-                                   name="config.attack.eot_rows_per_call")
-              for fn in logits_fns.values() if _deterministic(fn)] or [
+                                   on_cpu=memory.CPU_ROWS_PER_CALL, memory_bytes=stated, name=name)
+              for fn in estimable] or [
                   memory.rows_per_call(setting, None, on_cpu=memory.CPU_ROWS_PER_CALL,
-                                       name="config.attack.eot_rows_per_call")
-                  if setting != memory.AUTO else memory.CPU_ROWS_PER_CALL]
+                                       memory_bytes=stated, name=name)]
   limits = [rows for rows in resolved if rows is not None]
   return min(limits) if limits else None
 

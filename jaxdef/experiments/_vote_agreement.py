@@ -90,8 +90,7 @@ def measure(config, workdir: pathlib.Path, *, votes=(50, 500), error: float = 1e
   logits_fns = _sources.load_models(config, workdir)
   defenses = _sources.build_defenses(config.defenses)
   classifiers = _sources.classifiers(config, logits_fns, defenses)
-  spec = _kxm.sweep_spec(config, logits_fns, defenses,
-                         _sources.eot_rows_per_call(config, logits_fns))
+  spec = _kxm.sweep_spec(config, logits_fns, defenses)
   batches = _batches(config, classifiers, dataset, spec, steps, progress)
 
   rows = []
