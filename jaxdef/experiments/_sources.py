@@ -103,7 +103,9 @@ def _deterministic(logits_fn) -> bool:
 def _row_cost(config, logits_fn, gradient: bool):
   """A function returning the model's `memory.RowCost` (compiled only when called)."""
   apply = lambda fn, images: fn(images)
-  key = (id(logits_fn), config.data.name, config.get("dtype", "float32"))
+  # The architecture (module and dtype) and the weights' shapes fix the memory.
+  leaves, structure = jax.tree_util.tree_flatten(logits_fn)
+  key = (structure, tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves), config.data.name)
   return lambda: memory.cached_row_cost(key, lambda: (apply, logits_fn), input_shape(config),
                                         gradient=gradient)
 
