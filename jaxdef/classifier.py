@@ -301,11 +301,17 @@ def aggregate(draw_logits: jax.Array, mode: str = "vote") -> jax.Array:
 
 
 def draws_per_call(clf: StochasticClassifier, n: int, batch: int) -> int:
-  """Vote draws evaluated at once for a batch of `batch` images: `vote_chunk_size`,
-  lowered under `vote_rows_per_call` (at least 1), at most n."""
-  chunk = min(clf.vote_chunk_size, n)
-  if clf.vote_rows_per_call is not None:
-    chunk = min(chunk, max(1, clf.vote_rows_per_call // batch))
+  """Vote draws `clf` evaluates at once for a batch of `batch` images (`vote_draws_per_call`)."""
+  return vote_draws_per_call(clf.vote_chunk_size, clf.vote_rows_per_call, n, batch)
+
+
+def vote_draws_per_call(vote_chunk_size: int, vote_rows_per_call: int | None, n: int,
+                        batch: int) -> int:
+  """Draws of an n-draw vote of `batch` images evaluated at once: `vote_chunk_size`,
+  lowered under `vote_rows_per_call` model rows (at least 1 draw), at most n."""
+  chunk = min(vote_chunk_size, n)
+  if vote_rows_per_call is not None:
+    chunk = min(chunk, max(1, vote_rows_per_call // batch))
   return chunk
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdef import classifier
 from jaxdef import memory
 from jaxdef import models
 from jaxdef.attacks import _eot
@@ -127,19 +128,14 @@ def memory_plan(config) -> dict[str, Any]:
     gradient, forward = costs
     programs = {}
     if eot:
-      limit = memory.rows_per_call(attack.get("eot_rows_per_call", memory.AUTO), gradient,
-                                   on_cpu=memory.CPU_ROWS_PER_CALL, memory_bytes=device_bytes,
-                                   name="config.attack.eot_rows_per_call")
+      limit = _sources.attack_rows_limit(config, gradient, device_bytes)
       rows_per_draw = images * in_call
       chunk = _eot.chunk_under(eot, rows_per_draw, limit, attack.get("eot_chunk_size") or None)
       programs["attack_step"] = (chunk * rows_per_draw, gradient)
-    vote_limit = memory.rows_per_call(config[section].get("vote_rows_per_call", memory.AUTO),
-                                      forward, on_cpu=None, memory_bytes=device_bytes,
-                                      name=f"config.{section}.vote_rows_per_call")
-    votes = _largest_votes(config, section)
-    draws = min(int(config[section].vote_chunk_size), votes)
-    if vote_limit is not None:
-      draws = min(draws, max(1, vote_limit // images))
+    draws = classifier.vote_draws_per_call(
+        int(config[section].vote_chunk_size),
+        _sources.vote_rows_limit(config, forward, device_bytes, section),
+        _largest_votes(config, section), images)
     programs["vote"] = (draws * images, forward)
     described = {name: {"rows": rows, "estimated_gb": round(cost.bytes_for(rows) / 2**30, 1)}
                  for name, (rows, cost) in programs.items()}

@@ -31,11 +31,9 @@ def sweep_spec(config, models, defense_labels) -> _sweep.SweepSpec:
   """The sweep of `config` for `models` (label -> logits function, or just the
   labels: then the row limit is resolved without the models' memory)."""
   attack = config.attack
-  logits_fns = {label: fn for label, fn in models.items() if callable(fn)} if hasattr(
-      models, "items") else {}
-  model_labels = tuple(models)
+  logits_fns = {label: fn for label, fn in models.items() if callable(fn)}
   return _sweep.SweepSpec(
-      models=tuple(model_labels), defenses=tuple(defense_labels),
+      models=tuple(models), defenses=tuple(defense_labels),
       targeted=tuple(bool(t) for t in attack.targeted), eots=tuple(int(m) for m in attack.eots),
       alphas=tuple(float(a) / 255 for a in attack.alphas_255),
       checkpoints=tuple(int(k) for k in attack.steps), eps=float(attack.eps_255) / 255,

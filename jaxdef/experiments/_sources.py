@@ -110,37 +110,49 @@ def _row_cost(config, logits_fn, gradient: bool):
                                         gradient=gradient)
 
 
+def vote_rows_limit(config, cost, memory_bytes: int | None, section: str = "attack"
+                    ) -> int | None:
+  """``config.<section>.vote_rows_per_call`` resolved (`memory.rows_per_call`):
+  "auto" is no bound on a CPU and half the device's memory on an accelerator.
+  `cost`: the model's forward `memory.RowCost`, a function returning it, or None."""
+  return memory.rows_per_call(config[section].get("vote_rows_per_call", memory.AUTO), cost,
+                              on_cpu=None, memory_bytes=memory_bytes,
+                              name=f"config.{section}.vote_rows_per_call")
+
+
+def attack_rows_limit(config, cost, memory_bytes: int | None) -> int | None:
+  """``config.attack.eot_rows_per_call`` resolved for one model: "auto" is 256
+  rows on a CPU and half the device's memory on an accelerator. `cost`: the
+  model's gradient `memory.RowCost`, a function returning it, or None."""
+  return memory.rows_per_call(config.attack.get("eot_rows_per_call", memory.AUTO), cost,
+                              on_cpu=memory.CPU_ROWS_PER_CALL, memory_bytes=memory_bytes,
+                              name="config.attack.eot_rows_per_call")
+
+
 def vote_settings(config, logits_fn, section: str = "attack") -> dict[str, Any]:
   """`StochasticClassifier` keywords of votes: ``vote_chunk_size`` draws at a
-  time, at most ``vote_rows_per_call`` model rows ("auto": no bound on a CPU,
-  half the device's memory on an accelerator; `jaxdef.memory`)."""
-  settings = config[section]
-  setting = settings.get("vote_rows_per_call", memory.AUTO)
-  rows = memory.rows_per_call(
-      setting, _row_cost(config, logits_fn, gradient=False) if _deterministic(logits_fn) else None,
-      on_cpu=None, memory_bytes=stated_memory_bytes(config),
-      name=f"config.{section}.vote_rows_per_call")
-  return {"vote_chunk_size": int(settings.vote_chunk_size), "vote_rows_per_call": rows}
+  time, at most ``vote_rows_per_call`` model rows (`vote_rows_limit`)."""
+  cost = _row_cost(config, logits_fn, gradient=False) if _deterministic(logits_fn) else None
+  return {"vote_chunk_size": int(config[section].vote_chunk_size),
+          "vote_rows_per_call": vote_rows_limit(config, cost, stated_memory_bytes(config),
+                                                section)}
 
 
 def eot_rows_per_call(config, logits_fns: dict[str, Any]) -> int | None:
-  """``config.attack.eot_rows_per_call`` resolved: "auto" is 256 rows on a CPU
-  and, on an accelerator, the most that every model's attack step fits (no
-  limit when no model's memory can be estimated: the sweep's out-of-memory
-  retry then finds the size)."""
-  setting = config.attack.get("eot_rows_per_call", memory.AUTO)
-  name = "config.attack.eot_rows_per_call"
+  """``config.attack.eot_rows_per_call`` resolved for all `logits_fns`: the
+  smallest of their limits (`attack_rows_limit`). When no model's memory can
+  be estimated, "auto" on an accelerator (or a stated device) is no limit:
+  the sweep's out-of-memory retry then finds the size."""
   stated = stated_memory_bytes(config)
   estimable = [fn for fn in logits_fns.values() if _deterministic(fn)]
-  if setting == memory.AUTO and not estimable and (
-      stated is not None or jax.default_backend() != "cpu"):
-    return None
-  resolved = [memory.rows_per_call(setting, _row_cost(config, fn, gradient=True),
-                                   on_cpu=memory.CPU_ROWS_PER_CALL, memory_bytes=stated, name=name)
-              for fn in estimable] or [
-                  memory.rows_per_call(setting, None, on_cpu=memory.CPU_ROWS_PER_CALL,
-                                       memory_bytes=stated, name=name)]
-  limits = [rows for rows in resolved if rows is not None]
+  if not estimable:
+    on_device = stated is not None or jax.default_backend() != "cpu"
+    if config.attack.get("eot_rows_per_call", memory.AUTO) == memory.AUTO and on_device:
+      return None
+    return attack_rows_limit(config, None, stated)
+  limits = [attack_rows_limit(config, _row_cost(config, fn, gradient=True), stated)
+            for fn in estimable]
+  limits = [rows for rows in limits if rows is not None]
   return min(limits) if limits else None
 
 
