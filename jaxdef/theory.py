@@ -24,19 +24,34 @@ knows the defense distribution but not the draw. Every draw's decision is
 increasing in x, so moving x by eps towards the wrong side, x - eps * y, is
 the worst case for each draw and hence for the single draw and for the vote.
 
+Robust accuracy is the paper's (Gao et al. 2022, Appendix C): conditional,
+the fraction of correctly classified inputs that stay correct under the
+worst-case perturbation, Pr[still correct | correct]. The clean and the
+perturbed input see the same draws of theta, and a draw that is right after
+the attack was right before it (every decision is monotone in x), so
+
+    robust_accuracy = accuracy_under_attack / accuracy = 1 - attack_success_rate
+
+where accuracy_under_attack = Pr[correct after the attack] is unconditional.
+
 Closed forms, with m = 1 - k and s = sqrt(1 + sigma^2) (x + theta - k | y is
 N(y + m, s^2)):
 
-    accuracy        = (Phi((1 + m) / s) + Phi((1 - m) / s)) / 2
-    robust_accuracy = (Phi((1 + m - eps) / s) + Phi((1 - m - eps) / s)) / 2
-    invariance R(k) = Pr[sgn(x + theta - k) = sgn(x)]
-                    = 1 - sum_y [T(h_y, a_y) + b_y]            (Owen's T)
+    accuracy              = (Phi((1 + m) / s) + Phi((1 - m) / s)) / 2
+    accuracy_under_attack = (Phi((1 + m - eps) / s) + Phi((1 - m - eps) / s)) / 2
+    robust_accuracy       = accuracy_under_attack / accuracy
+    invariance R(k)       = Pr[sgn(x + theta - k) = sgn(x)]
+                          = 1 - sum_y [T(h_y, a_y) + b_y]            (Owen's T)
 
 with h_y = (y + m) / s, a_y = (y sigma^2 - m) / ((y + m) sigma), b_y = 1/2 when
 y (y + m) < 0 and 0 otherwise; at k = 1 this is R(1) = 1 - 2 T(1 / s, sigma).
 With sigma = 0 the classifier is deterministic, sgn(x + 1 - k), and R(k) =
 1 - sum_y |Phi(-y) - Phi(-m - y)| / 2; k = 1 recovers the undefended values
-Phi(1), Phi(1 - eps) and R = 1.
+Phi(1), Phi(1 - eps) (under attack), Phi(1 - eps) / Phi(1) (robust) and R = 1.
+At eps = 1 the accuracy under attack is 1/2 for every k and sigma, so the
+robust accuracy is 1 / (2 accuracy): at sigma = 1 the paper's 59.4%
+(undefended), 70.4% (defended, k = 0) and 65.8% (trained invariance, k = 1),
+see `PAPER_CASE`, `paper_case` and `lemma_checks`.
 
 The vote: given x a draw says +1 with probability p(x) = Phi((x + m) / sigma),
 and the majority of n votes (fair coin on ties) says +1 with probability
@@ -50,18 +65,21 @@ steps of the integrand, so it is jit-, vmap- and grad-able and accurate to
 about 1e-10 in float64 (1e-6 in float32).
 
 Attack success rate (SPEC.md section 2) is the fraction of inputs classified
-correctly that the attack turns wrong. With the same defense draws for the
-clean and the perturbed input a draw that is right after the attack was right
-before it, so the rate is 1 - robust_accuracy / accuracy.
+correctly that the attack turns wrong, 1 - robust_accuracy. The vote's
+rates follow the same identities (the draws and the tie-breaking coin are
+shared by the clean and the perturbed input).
 
 All functions take scalars or arrays (broadcast together) and are
-differentiable in k, sigma and eps; `num_votes` is a static Python int.
+differentiable in k, sigma and eps; `num_votes` is a static Python int,
+whose law of T enters the compiled code as data, so that every number of
+votes shares one compilation.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import types
 from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
@@ -100,16 +118,21 @@ class MonteCarloEstimate(NamedTuple):
 
   Attributes:
     accuracy: fraction of clean inputs classified correctly.
-    robust_accuracy: fraction classified correctly after the worst-case
+    robust_accuracy: the paper's robust accuracy: among the correctly
+      classified clean inputs, the fraction still correct after the worst-case
       perturbation (same defense draws as the clean input).
     invariance: fraction of clean inputs whose defended prediction equals
       sgn(x), the undefended prediction.
     attack_success_rate: among the correctly classified clean inputs, the
-      fraction the perturbation turns wrong.
+      fraction the perturbation turns wrong (1 - robust_accuracy).
     accuracy_stderr, robust_accuracy_stderr, invariance_stderr,
-    attack_success_rate_stderr: sqrt(p (1 - p) / count) of each rate.
-    num_correct: number of correctly classified clean inputs (the success
-      rate's denominator).
+    attack_success_rate_stderr: sqrt(p (1 - p) / count) of each rate, count
+      being num_samples, or num_correct for the two conditional rates.
+    num_correct: number of correctly classified clean inputs (the
+      denominator of the conditional rates).
+    accuracy_under_attack: fraction of all inputs classified correctly after
+      the perturbation (unconditional).
+    accuracy_under_attack_stderr: its standard error (count num_samples).
   """
 
   accuracy: jax.Array
@@ -121,6 +144,9 @@ class MonteCarloEstimate(NamedTuple):
   invariance_stderr: jax.Array
   attack_success_rate_stderr: jax.Array
   num_correct: jax.Array
+  # Appended, so that positional unpacking of the fields above still works.
+  accuracy_under_attack: jax.Array
+  accuracy_under_attack_stderr: jax.Array
 
 
 # ---------------------------------------------------------------- validation
@@ -174,14 +200,16 @@ def accuracy(k: Any = 1.0, sigma: Any = 1.0) -> jax.Array:
   """
   _check(k=k, sigma=sigma)
   k, sigma = _as_float(k, sigma)
-  return _robust_accuracy(k, sigma, jnp.zeros_like(k))
+  return _accuracy_under_attack(k, sigma, jnp.zeros_like(k))
 
 
-def robust_accuracy(k: Any = 1.0, sigma: Any = 1.0, eps: Any = 1.0) -> jax.Array:
-  """Accuracy of the single draw under the worst-case perturbation |delta| <= eps.
+def accuracy_under_attack(k: Any = 1.0, sigma: Any = 1.0, eps: Any = 1.0) -> jax.Array:
+  """Unconditional accuracy of the single draw under the worst-case perturbation.
 
-  The adversary knows the defense distribution but not the draw; moving x by
-  eps towards the wrong side is optimal for every draw.
+  The adversary (|delta| <= eps) knows the defense distribution but not the
+  draw; moving x by eps towards the wrong side is optimal for every draw.
+  This counts every input, also those misclassified before the attack; the
+  paper's robust accuracy is `robust_accuracy`, this divided by `accuracy`.
 
   Args:
     k: decision threshold (any real).
@@ -190,7 +218,36 @@ def robust_accuracy(k: Any = 1.0, sigma: Any = 1.0, eps: Any = 1.0) -> jax.Array
 
   Returns:
     Pr[sgn(x - eps y + theta - k) = y], in [0, 1], broadcast over the
-    arguments: (Phi((2 - k - eps) / s) + Phi((k - eps) / s)) / 2.
+    arguments: (Phi((2 - k - eps) / s) + Phi((k - eps) / s)) / 2; 1/2 for
+    every k and sigma at eps = 1.
+
+  Raises:
+    ValueError: an argument is not finite, or sigma or eps is negative.
+  """
+  _check(k=k, sigma=sigma, eps=eps)
+  k, sigma, eps = _as_float(k, sigma, eps)
+  return _accuracy_under_attack(k, sigma, eps)
+
+
+def robust_accuracy(k: Any = 1.0, sigma: Any = 1.0, eps: Any = 1.0) -> jax.Array:
+  """The paper's robust accuracy: Pr[still correct after the attack | correct].
+
+  Gao et al. (2022), Appendix C: the fraction of correctly classified inputs
+  that stay correct under the worst-case perturbation |delta| <= eps, the
+  clean and the perturbed input seeing the same defense draw. A draw right
+  after the attack was right before it, so this is
+  `accuracy_under_attack` / `accuracy` = 1 - `attack_success_rate`.
+
+  Args:
+    k: decision threshold (any real).
+    sigma: standard deviation of theta, >= 0.
+    eps: perturbation budget, >= 0.
+
+  Returns:
+    The conditional rate in [0, 1], broadcast over the arguments; at
+    sigma = 1, eps = 1: 0.7036 for k = 0 (defended), 0.6577 for k = 1
+    (trained invariance), and 0.5943 = Phi(0) / Phi(1) with sigma = 0, k = 1
+    (undefended).
 
   Raises:
     ValueError: an argument is not finite, or sigma or eps is negative.
@@ -201,10 +258,17 @@ def robust_accuracy(k: Any = 1.0, sigma: Any = 1.0, eps: Any = 1.0) -> jax.Array
 
 
 @jax.jit
-def _robust_accuracy(k, sigma, eps):
+def _accuracy_under_attack(k, sigma, eps):
   margin = 1.0 - k
   scale = jnp.sqrt(1.0 + sigma**2)
   return 0.5 * (norm.cdf((1.0 + margin - eps) / scale) + norm.cdf((1.0 - margin - eps) / scale))
+
+
+@jax.jit
+def _robust_accuracy(k, sigma, eps):
+  # The benign accuracy exceeds 1/2 for every k (its two arguments sum to
+  # 2 / s > 0), so the ratio never divides by a small number.
+  return _accuracy_under_attack(k, sigma, eps) / _accuracy_under_attack(k, sigma, 0.0 * eps)
 
 
 def attack_success_rate(k: Any = 1.0, sigma: Any = 1.0, eps: Any = 1.0, *,
@@ -212,11 +276,12 @@ def attack_success_rate(k: Any = 1.0, sigma: Any = 1.0, eps: Any = 1.0, *,
   """Fraction of correctly classified inputs that the worst-case attack turns wrong.
 
   The clean and the perturbed input see the same defense draws, so the rate
-  is 1 - robust accuracy / accuracy (SPEC.md's success rate, which counts
-  only initially correct inputs). It rises as k approaches 1 when sigma or
-  eps is large enough (e.g. sigma >= 0.7, or eps >= 0.4, for k in [0, 1]);
-  with little noise and a small eps it can fall instead. The unconditional
-  loss, accuracy - robust accuracy, rises towards k = 1 in every case tested.
+  is 1 - robust_accuracy = 1 - accuracy_under_attack / accuracy (SPEC.md's
+  success rate, which counts only initially correct inputs). It rises as k
+  approaches 1 when sigma or eps is large enough (e.g. sigma >= 0.7, or
+  eps >= 0.4, for k in [0, 1]); with little noise and a small eps it can
+  fall instead. The unconditional loss, accuracy - accuracy_under_attack,
+  rises towards k = 1 in every case tested.
 
   Args:
     k: decision threshold (any real).
@@ -235,11 +300,8 @@ def attack_success_rate(k: Any = 1.0, sigma: Any = 1.0, eps: Any = 1.0, *,
   _check(k=k, sigma=sigma, eps=eps)
   k, sigma, eps = _as_float(k, sigma, eps)
   if num_votes == 1:
-    robust, clean = _robust_accuracy(k, sigma, eps), _robust_accuracy(k, sigma, 0.0 * eps)
-  else:
-    robust = _vote_accuracy(k, sigma, eps, num_votes)
-    clean = _vote_accuracy(k, sigma, 0.0 * eps, num_votes)
-  return 1.0 - robust / clean
+    return 1.0 - _robust_accuracy(k, sigma, eps)
+  return 1.0 - _vote_robust_accuracy(k, sigma, eps, num_votes)
 
 
 def invariance(k: Any = 1.0, sigma: Any = 1.0) -> jax.Array:
@@ -332,39 +394,53 @@ def _vote_constants(half: int) -> tuple[float, float]:
   return log_norm, float(np.sqrt(np.sum(density * grid**2) * step))
 
 
-def _log_vote_density(t, half: int):
+def _vote_parameters(num_votes, dtype) -> jax.Array:
+  """The law of T for each vote count, as data rather than as a static argument.
+
+  Args:
+    num_votes: a Python int >= 1, or a sequence of them.
+    dtype: float dtype of the result.
+
+  Returns:
+    Array of shape num_votes' shape + (3,): (r, log normaliser, standard
+    deviation of T) with r = ceil(n / 2). Passing these as traced values lets
+    one compilation serve every number of votes (a curve over 1..101 votes
+    would otherwise compile 51 times).
+  """
+  counts = np.asarray(num_votes, dtype=np.int64)
+  rows = [(half, *_vote_constants(half)) for half in ((counts.reshape(-1) + 1) // 2).tolist()]
+  return jnp.asarray(np.asarray(rows, np.float64).reshape(*counts.shape, 3), dtype)
+
+
+def _log_vote_density(t, half, log_norm):
   """log density of T = Phi^-1(P), P ~ Beta(half, half), stable in float32."""
-  log_norm, _ = _vote_constants(half)
-  log_density = log_norm - 0.5 * t**2 - 0.5 * math.log(2 * math.pi)
-  if half > 1:
-    # (half - 1) log(4 Phi(t) Phi(-t)); log1p(-erf^2) keeps the small values
-    # near t = 0 exact, the log-CDFs keep the tails.
-    inner = jnp.abs(t) < 1.0
-    t_in = jnp.where(inner, t, 0.0)
-    t_out = jnp.where(inner, 1.0, t)
-    log_4cc = jnp.where(
-        inner, jnp.log1p(-erf(t_in / math.sqrt(2.0)) ** 2),
-        math.log(4.0) + jnp.sum(norm.logcdf(jnp.stack([t_out, -t_out])), 0))
-    log_density = log_density + (half - 1) * log_4cc
-  return log_density
+  # (half - 1) log(4 Phi(t) Phi(-t)), which vanishes for half = 1; log1p(-erf^2)
+  # keeps the small values near t = 0 exact, the log-CDFs keep the tails.
+  inner = jnp.abs(t) < 1.0
+  t_in = jnp.where(inner, t, 0.0)
+  t_out = jnp.where(inner, 1.0, t)
+  log_4cc = jnp.where(
+      inner, jnp.log1p(-erf(t_in / math.sqrt(2.0)) ** 2),
+      math.log(4.0) + jnp.sum(norm.logcdf(jnp.stack([t_out, -t_out])), 0))
+  return log_norm - 0.5 * t**2 - 0.5 * math.log(2 * math.pi) + (half - 1) * log_4cc
 
 
-def _vote_expectation(integrand, half: int, sigma, centers):
+def _vote_expectation(integrand, law, sigma, centers):
   """E_T[integrand(T)] by composite Gauss-Legendre.
 
   Args:
     integrand: t -> values, smooth between the panel edges.
-    half: r of P ~ Beta(r, r).
+    law: (r, log normaliser, spread) of T, P ~ Beta(r, r) (see `_vote_parameters`).
     sigma: the defense's sigma (features of the integrand have width 1 / sigma).
     centers: positions sigma * t of the integrand's kinks and steps.
   """
   dtype = sigma.dtype
-  _, spread = _vote_constants(half)
+  half, log_norm, spread = law[0], law[1], law[2]
   limit = _RANGE * spread
   random = sigma > 0
   inverse = jnp.where(random, 1.0 / jnp.where(random, sigma, 1.0), 0.0)
   feature_edges = jnp.asarray(_FEATURE_EDGES, dtype)
-  edges = [jnp.asarray(np.concatenate([[-limit, limit], _SPREAD_EDGES * spread]), dtype)]
+  edges = [jnp.stack([-limit, limit]), jnp.asarray(_SPREAD_EDGES, dtype) * spread]
   for center in centers:
     edges.append(jnp.clip((center + feature_edges) * inverse, -limit, limit))
   # The edges only place the nodes; the integral over the real line does not
@@ -374,28 +450,28 @@ def _vote_expectation(integrand, half: int, sigma, centers):
   half_width = 0.5 * (upper - lower)
   t = lower + half_width * (jnp.asarray(_PANEL_NODES, dtype) + 1.0)
   weights = half_width * jnp.asarray(_PANEL_WEIGHTS, dtype)
-  return jnp.sum(weights * jnp.exp(_log_vote_density(t, half)) * integrand(t))
+  return jnp.sum(weights * jnp.exp(_log_vote_density(t, half, log_norm)) * integrand(t))
 
 
-@functools.partial(jax.jit, static_argnames="num_votes")
-def _vote_accuracy(k, sigma, eps, num_votes: int):
-  half = (num_votes + 1) // 2
+@jax.jit
+def _vote_accuracy_law(k, sigma, eps, law):
+  """Pr[vote(x - eps y) = y]; `law` has a trailing axis of 3 (see `_vote_parameters`)."""
 
-  def one(k, sigma, eps):
+  def one(k, sigma, eps, law):
     margin = 1.0 - k
     positive, negative = 1.0 + margin - eps, 1.0 - margin - eps
     centers = jnp.stack([positive, negative])[:, None, None]
     integrand = lambda t: 0.5 * jnp.sum(norm.cdf(centers - sigma * t), 0)
-    return _vote_expectation(integrand, half, sigma, (positive, negative))
+    return _vote_expectation(integrand, law, sigma, (positive, negative))
 
-  return jnp.vectorize(one)(k, sigma, eps)
+  return jnp.vectorize(one, signature="(),(),(),(3)->()")(k, sigma, eps, law)
 
 
-@functools.partial(jax.jit, static_argnames="num_votes")
-def _vote_invariance(k, sigma, num_votes: int):
-  half = (num_votes + 1) // 2
+@jax.jit
+def _vote_invariance_law(k, sigma, law):
+  """Pr[vote(x) = sgn(x)]; `law` as in `_vote_accuracy_law`."""
 
-  def one(k, sigma):
+  def one(k, sigma, law):
     margin = 1.0 - k
 
     def integrand(t):
@@ -406,9 +482,24 @@ def _vote_invariance(k, sigma, num_votes: int):
       cdf = norm.cdf(jnp.stack([1.0 - above, -1.0 - above, below - 1.0, below + 1.0]))
       return 0.5 * jnp.sum(cdf, 0)
 
-    return _vote_expectation(integrand, half, sigma, (margin, margin + 1.0, margin - 1.0))
+    return _vote_expectation(integrand, law, sigma, (margin, margin + 1.0, margin - 1.0))
 
-  return jnp.vectorize(one)(k, sigma)
+  return jnp.vectorize(one, signature="(),(),(3)->()")(k, sigma, law)
+
+
+def _vote_accuracy(k, sigma, eps, num_votes):
+  return _vote_accuracy_law(k, sigma, eps, _vote_parameters(num_votes, k.dtype))
+
+
+def _vote_robust_accuracy(k, sigma, eps, num_votes):
+  # The vote's benign accuracy exceeds 1/2 too (T is symmetric, and pairing T
+  # for y = +1 with -T for y = -1 the two normal-CDF arguments sum to 2).
+  law = _vote_parameters(num_votes, k.dtype)
+  return _vote_accuracy_law(k, sigma, eps, law) / _vote_accuracy_law(k, sigma, 0.0 * eps, law)
+
+
+def _vote_invariance(k, sigma, num_votes):
+  return _vote_invariance_law(k, sigma, _vote_parameters(num_votes, k.dtype))
 
 
 def vote_accuracy(k: Any = 1.0, sigma: Any = 1.0, num_votes: int = DEFAULT_NUM_VOTES
@@ -431,12 +522,12 @@ def vote_accuracy(k: Any = 1.0, sigma: Any = 1.0, num_votes: int = DEFAULT_NUM_V
   num_votes = _check_count(num_votes, "num_votes")
   _check(k=k, sigma=sigma)
   k, sigma = _as_float(k, sigma)
-  return _vote_accuracy(k, sigma, jnp.zeros_like(k), num_votes=num_votes)
+  return _vote_accuracy(k, sigma, jnp.zeros_like(k), num_votes)
 
 
-def vote_robust_accuracy(k: Any = 1.0, sigma: Any = 1.0, eps: Any = 1.0,
-                         num_votes: int = DEFAULT_NUM_VOTES) -> jax.Array:
-  """Accuracy of the majority vote under the worst-case perturbation |delta| <= eps.
+def vote_accuracy_under_attack(k: Any = 1.0, sigma: Any = 1.0, eps: Any = 1.0,
+                               num_votes: int = DEFAULT_NUM_VOTES) -> jax.Array:
+  """Unconditional accuracy of the majority vote under the worst-case perturbation.
 
   Args:
     k: decision threshold (any real).
@@ -445,7 +536,8 @@ def vote_robust_accuracy(k: Any = 1.0, sigma: Any = 1.0, eps: Any = 1.0,
     num_votes: number of draws, a Python int >= 1 (fair coin on ties).
 
   Returns:
-    Pr[vote(x - eps y) = y] in [0, 1], broadcast over the arguments.
+    Pr[vote(x - eps y) = y] in [0, 1] over all inputs, broadcast over the
+    arguments; equals `accuracy_under_attack` for one vote.
 
   Raises:
     ValueError: bad k, sigma or eps, or num_votes not a positive int.
@@ -453,7 +545,35 @@ def vote_robust_accuracy(k: Any = 1.0, sigma: Any = 1.0, eps: Any = 1.0,
   num_votes = _check_count(num_votes, "num_votes")
   _check(k=k, sigma=sigma, eps=eps)
   k, sigma, eps = _as_float(k, sigma, eps)
-  return _vote_accuracy(k, sigma, eps, num_votes=num_votes)
+  return _vote_accuracy(k, sigma, eps, num_votes)
+
+
+def vote_robust_accuracy(k: Any = 1.0, sigma: Any = 1.0, eps: Any = 1.0,
+                         num_votes: int = DEFAULT_NUM_VOTES) -> jax.Array:
+  """The paper's robust accuracy of the majority vote: Pr[still correct | correct].
+
+  The clean and the perturbed input see the same draws (and the same coin on
+  ties); every draw's vote can only move towards the wrong side, so a vote
+  right after the attack was right before it, and this is
+  `vote_accuracy_under_attack` / `vote_accuracy`.
+
+  Args:
+    k: decision threshold (any real).
+    sigma: standard deviation of theta, >= 0.
+    eps: perturbation budget, >= 0.
+    num_votes: number of draws, a Python int >= 1 (fair coin on ties).
+
+  Returns:
+    Pr[vote(x - eps y) = y | vote(x) = y] in [0, 1], broadcast over the
+    arguments; equals `robust_accuracy` for one vote.
+
+  Raises:
+    ValueError: bad k, sigma or eps, or num_votes not a positive int.
+  """
+  num_votes = _check_count(num_votes, "num_votes")
+  _check(k=k, sigma=sigma, eps=eps)
+  k, sigma, eps = _as_float(k, sigma, eps)
+  return _vote_robust_accuracy(k, sigma, eps, num_votes)
 
 
 def vote_invariance(k: Any = 1.0, sigma: Any = 1.0, num_votes: int = DEFAULT_NUM_VOTES
@@ -475,7 +595,7 @@ def vote_invariance(k: Any = 1.0, sigma: Any = 1.0, num_votes: int = DEFAULT_NUM
   num_votes = _check_count(num_votes, "num_votes")
   _check(k=k, sigma=sigma)
   k, sigma = _as_float(k, sigma)
-  return _vote_invariance(k, sigma, num_votes=num_votes)
+  return _vote_invariance(k, sigma, num_votes)
 
 
 # ------------------------------------------------------------------ simulation
@@ -546,8 +666,9 @@ def _monte_carlo(key, k, sigma, eps, num_votes, *, num_samples: int):
   robust = adversarial_labels == labels
   agree = clean_labels == jnp.where(inputs > 0, 1.0, -1.0)
   num_correct = jnp.sum(correct)
-  flipped = jnp.sum(correct & ~robust)
-  success = flipped / jnp.maximum(num_correct, 1)
+  # Counted among the correct inputs rather than derived from `robust`: that
+  # `robust` implies `correct` (shared draws and coin) is for the tests to check.
+  still_correct = jnp.sum(correct & robust) / jnp.maximum(num_correct, 1)
 
   def rate(values):
     return jnp.mean(values.astype(dtype))
@@ -555,21 +676,73 @@ def _monte_carlo(key, k, sigma, eps, num_votes, *, num_samples: int):
   def stderr(p, n):
     return jnp.sqrt(p * (1.0 - p) / jnp.maximum(n, 1))
 
-  accuracy_, robust_, invariance_ = rate(correct), rate(robust), rate(agree)
+  accuracy_, under_attack, invariance_ = rate(correct), rate(robust), rate(agree)
+  still_correct = still_correct.astype(dtype)
   return MonteCarloEstimate(
       accuracy=accuracy_,
-      robust_accuracy=robust_,
+      robust_accuracy=still_correct,
       invariance=invariance_,
-      attack_success_rate=success.astype(dtype),
+      attack_success_rate=1.0 - still_correct,
       accuracy_stderr=stderr(accuracy_, num_samples),
-      robust_accuracy_stderr=stderr(robust_, num_samples),
+      robust_accuracy_stderr=stderr(still_correct, num_correct).astype(dtype),
       invariance_stderr=stderr(invariance_, num_samples),
-      attack_success_rate_stderr=stderr(success, num_correct).astype(dtype),
+      attack_success_rate_stderr=stderr(still_correct, num_correct).astype(dtype),
       num_correct=num_correct,
+      accuracy_under_attack=under_attack,
+      accuracy_under_attack_stderr=stderr(under_attack, num_samples),
   )
 
 
 # ---------------------------------------------------------------------- tables
+
+
+def _values(sequence: Any, message: str) -> np.ndarray:
+  """A non-empty 1-D float64 array from a sequence of numbers, else ValueError(message)."""
+  try:
+    values = np.asarray(sequence, dtype=np.float64)
+  except (TypeError, ValueError):
+    values = None
+  if values is None or values.ndim > 1 or values.size == 0:
+    raise ValueError(f"{message}, got {sequence!r}")
+  return values.reshape(-1)
+
+
+def _counts(sequence: Any, name: str) -> list[int]:
+  """A non-empty list of static counts (Python ints >= 1)."""
+  if isinstance(sequence, (str, bytes)) or not isinstance(sequence, Sequence) or not sequence:
+    raise ValueError(f"{name} must be a non-empty sequence of Python ints >= 1, got {sequence!r}")
+  return [_check_count(value, name) for value in sequence]
+
+
+def _vote_rates(ks, sigma, eps, votes: Sequence[int]) -> dict[str, np.ndarray]:
+  """Vote rates for every threshold and vote count, in one compiled call each.
+
+  Args:
+    ks: thresholds, shape (K,), checked.
+    sigma, eps: checked scalars.
+    votes: checked vote counts, V of them.
+
+  Returns:
+    "accuracy", "accuracy_under_attack", "robust_accuracy", "invariance" and
+    "attack_success_rate", float64 arrays of shape (K, V).
+  """
+  ks, sigma, eps = _as_float(np.asarray(ks)[:, None], sigma, eps)
+  law = _vote_parameters(list(votes), ks.dtype)
+  clean = np.asarray(_vote_accuracy_law(ks, sigma, jnp.zeros_like(eps), law), np.float64)
+  attacked = np.asarray(_vote_accuracy_law(ks, sigma, eps, law), np.float64)
+  invariant = np.asarray(_vote_invariance_law(ks, sigma, law), np.float64)
+  return {"accuracy": clean, "accuracy_under_attack": attacked,
+          "robust_accuracy": attacked / clean, "invariance": invariant,
+          "attack_success_rate": 1.0 - attacked / clean}
+
+
+def _rows(keys: dict[str, np.ndarray], columns: dict[str, Any]) -> list[dict[str, Any]]:
+  """Rows from equally shaped arrays: `keys` label each row, `columns` fill it."""
+  keys = {name: np.asarray(values).reshape(-1) for name, values in keys.items()}
+  columns = {name: np.asarray(values, np.float64).reshape(-1) for name, values in columns.items()}
+  size = len(next(iter(keys.values())))
+  return [{**{name: values[i].item() for name, values in keys.items()},
+           **{name: float(values[i]) for name, values in columns.items()}} for i in range(size)]
 
 
 def table(ks: Sequence[float], sigma: float, eps: float, *, num_votes: int | None = None
@@ -583,39 +756,90 @@ def table(ks: Sequence[float], sigma: float, eps: float, *, num_votes: int | Non
     num_votes: also report the majority vote of this many draws.
 
   Returns:
-    One dict per k with float values: "k", "accuracy", "robust_accuracy",
-    "invariance", "attack_success_rate", and with num_votes "vote_accuracy",
-    "vote_robust_accuracy", "vote_invariance", "vote_attack_success_rate".
+    One dict per k with float values: "k", "accuracy", "robust_accuracy"
+    (the paper's, conditional on correct), "accuracy_under_attack"
+    (unconditional), "invariance", "attack_success_rate", and with num_votes
+    "vote_accuracy", "vote_robust_accuracy", "vote_accuracy_under_attack",
+    "vote_invariance", "vote_attack_success_rate". Rates are in [0, 1].
 
   Raises:
     ValueError: empty or non-finite ks, bad sigma, eps or num_votes.
   """
-  try:
-    values = np.asarray(ks, dtype=np.float64)
-  except (TypeError, ValueError):
-    values = None
-  if values is None or values.ndim > 1 or values.size == 0:
-    raise ValueError(f"ks must be a non-empty sequence of thresholds (numbers), got {ks!r}")
-  values = values.reshape(-1)
+  values = _values(ks, "ks must be a non-empty sequence of thresholds (numbers)")
   _check(k=values, sigma=sigma, eps=eps)
   if num_votes is not None:
     num_votes = _check_count(num_votes, "num_votes")
   columns = {
       "accuracy": accuracy(values, sigma),
       "robust_accuracy": robust_accuracy(values, sigma, eps),
+      "accuracy_under_attack": accuracy_under_attack(values, sigma, eps),
       "invariance": invariance(values, sigma),
       "attack_success_rate": attack_success_rate(values, sigma, eps),
   }
   if num_votes is not None:
-    columns.update({
-        "vote_accuracy": vote_accuracy(values, sigma, num_votes),
-        "vote_robust_accuracy": vote_robust_accuracy(values, sigma, eps, num_votes),
-        "vote_invariance": vote_invariance(values, sigma, num_votes),
-        "vote_attack_success_rate": attack_success_rate(values, sigma, eps, num_votes=num_votes),
-    })
-  columns = {name: np.asarray(column, dtype=np.float64) for name, column in columns.items()}
-  return [{"k": float(k), **{name: float(column[i]) for name, column in columns.items()}}
-          for i, k in enumerate(values)]
+    rates = _vote_rates(values, sigma, eps, [num_votes])
+    columns.update({f"vote_{name}": column[:, 0] for name, column in rates.items()})
+  return _rows({"k": values}, columns)
+
+
+def table_over_sigma(sigmas: Sequence[float], eps: float, *,
+                     ks: Sequence[float] = (0.0, TRAINED_THRESHOLD)) -> list[dict[str, float]]:
+  """Rows over the defense's noise sigma, for each threshold in `ks` (single draw).
+
+  Args:
+    sigmas: standard deviations of theta, a non-empty sequence of numbers >= 0.
+    eps: perturbation budget, >= 0.
+    ks: thresholds, by default the defended (0) and trained-invariance (1)
+      classifiers.
+
+  Returns:
+    len(ks) * len(sigmas) dicts, k-major, with float values "k", "sigma",
+    "accuracy", "robust_accuracy" (conditional), "accuracy_under_attack",
+    "invariance", "attack_success_rate".
+
+  Raises:
+    ValueError: empty or bad sigmas or ks, bad eps.
+  """
+  noise = _values(sigmas, "sigmas must be a non-empty sequence of numbers >= 0")
+  thresholds = _values(ks, "ks must be a non-empty sequence of thresholds (numbers)")
+  _check(k=thresholds, sigma=noise, eps=eps)
+  k, sigma = np.meshgrid(thresholds, noise, indexing="ij")
+  return _rows({"k": k, "sigma": sigma}, {
+      "accuracy": accuracy(k, sigma),
+      "robust_accuracy": robust_accuracy(k, sigma, eps),
+      "accuracy_under_attack": accuracy_under_attack(k, sigma, eps),
+      "invariance": invariance(k, sigma),
+      "attack_success_rate": attack_success_rate(k, sigma, eps),
+  })
+
+
+def table_over_votes(votes: Sequence[int], sigma: float, eps: float, *,
+                     ks: Sequence[float] = (0.0, TRAINED_THRESHOLD)) -> list[dict[str, Any]]:
+  """Rows over the number of votes of the majority vote, for each threshold in `ks`.
+
+  One compilation serves all vote counts, so a curve over 1..101 votes costs
+  about as much as one point.
+
+  Args:
+    votes: vote counts, a non-empty sequence of Python ints >= 1.
+    sigma: standard deviation of theta, >= 0.
+    eps: perturbation budget, >= 0.
+    ks: thresholds, by default 0 (defended) and 1 (trained invariance).
+
+  Returns:
+    len(ks) * len(votes) dicts, k-major: "k", "num_votes" (int), "sigma",
+    and the vote's "accuracy", "robust_accuracy" (conditional),
+    "accuracy_under_attack", "invariance", "attack_success_rate" (floats).
+
+  Raises:
+    ValueError: empty or bad votes or ks, bad sigma or eps.
+  """
+  counts = _counts(votes, "votes")
+  thresholds = _values(ks, "ks must be a non-empty sequence of thresholds (numbers)")
+  _check(k=thresholds, sigma=sigma, eps=eps)
+  rates = _vote_rates(thresholds, sigma, eps, counts)
+  k, num_votes = np.meshgrid(thresholds, np.asarray(counts), indexing="ij")
+  return _rows({"k": k, "num_votes": num_votes, "sigma": np.full(k.shape, float(sigma))}, rates)
 
 
 def summary(sigma: float, eps: float, *, num_votes: int = DEFAULT_NUM_VOTES
@@ -633,7 +857,9 @@ def summary(sigma: float, eps: float, *, num_votes: int = DEFAULT_NUM_VOTES
 
   Returns:
     One dict per classifier: "classifier", "k", "sigma", "num_votes",
-    "accuracy", "robust_accuracy", "invariance", "attack_success_rate".
+    "accuracy", "robust_accuracy" (the paper's, conditional on correct),
+    "accuracy_under_attack" (unconditional), "invariance",
+    "attack_success_rate" (= 1 - robust_accuracy).
 
   Raises:
     ValueError: bad sigma, eps or num_votes.
@@ -649,14 +875,208 @@ def summary(sigma: float, eps: float, *, num_votes: int = DEFAULT_NUM_VOTES
       ("trained invariance, vote", TRAINED_THRESHOLD, sigma, num_votes),
   ):
     if votes == 1:
-      values = (accuracy(k, noise), robust_accuracy(k, noise, eps), invariance(k, noise))
+      values = (accuracy(k, noise), accuracy_under_attack(k, noise, eps), invariance(k, noise))
     else:
-      values = (vote_accuracy(k, noise, votes), vote_robust_accuracy(k, noise, eps, votes),
+      values = (vote_accuracy(k, noise, votes), vote_accuracy_under_attack(k, noise, eps, votes),
                 vote_invariance(k, noise, votes))
-    clean, robust, invariant = (float(v) for v in values)
+    clean, attacked, invariant = (float(v) for v in values)
     rows.append({
         "classifier": name, "k": float(k), "sigma": float(noise), "num_votes": votes,
-        "accuracy": clean, "robust_accuracy": robust, "invariance": invariant,
-        "attack_success_rate": 1.0 - robust / clean,
+        "accuracy": clean, "robust_accuracy": attacked / clean,
+        "accuracy_under_attack": attacked, "invariance": invariant,
+        "attack_success_rate": 1.0 - attacked / clean,
     })
   return rows
+
+
+# ------------------------------------------------------------ the paper's case
+
+
+class PaperRow(NamedTuple):
+  """One classifier of the paper's worked example, as published (fractions in [0, 1])."""
+
+  classifier: str
+  k: float
+  sigma: float
+  accuracy: float
+  robust_accuracy: float  # conditional: Pr[still correct | correct]
+
+
+# Gao et al. (NeurIPS 2022), Appendix C, at sigma = 1 and eps = 1; printed to
+# three digits, so a closed form agrees when it is within half a unit of the
+# last one (`PAPER_TOLERANCE`). The undefended classifier has no noise.
+PAPER_CASE = types.MappingProxyType({
+    "sigma": 1.0,
+    "eps": 1.0,
+    "rows": (
+        PaperRow("undefended", TRAINED_THRESHOLD, 0.0, 0.841, 0.594),
+        PaperRow("defended", 0.0, 1.0, 0.711, 0.704),
+        PaperRow("trained invariance", TRAINED_THRESHOLD, 1.0, 0.760, 0.658),
+    ),
+    # Observation 1 prints 67.7% for the defended robust accuracy; Observation 2
+    # and the closed form give 70.36%, so 67.7% is taken as a misprint.
+    "misprint": types.MappingProxyType({
+        "classifier": "defended", "quantity": "robust_accuracy", "printed": 0.677,
+        "where": "Observation 1"}),
+})
+PAPER_TOLERANCE = 0.0005
+
+
+def paper_case() -> list[dict[str, Any]]:
+  """The closed forms of `PAPER_CASE`'s classifiers beside the published figures.
+
+  Returns:
+    One dict per row of PAPER_CASE["rows"]: "classifier", "k", "sigma",
+    "eps", the closed forms "accuracy", "robust_accuracy" (conditional),
+    "accuracy_under_attack", "invariance", "attack_success_rate", the
+    published "paper_accuracy" and "paper_robust_accuracy",
+    "paper_misprint" (the other printed robust accuracy, or None),
+    "agrees_with_paper" (both closed forms within PAPER_TOLERANCE of the
+    published figures) and "note" (why a misprint is one; "" otherwise).
+  """
+  eps = PAPER_CASE["eps"]
+  misprint = PAPER_CASE["misprint"]
+  rows = []
+  for paper in PAPER_CASE["rows"]:
+    with jax.enable_x64(True):  # reported to more digits than float32 holds
+      clean = float(accuracy(paper.k, paper.sigma))
+      attacked = float(accuracy_under_attack(paper.k, paper.sigma, eps))
+      invariant = float(invariance(paper.k, paper.sigma))
+    robust = attacked / clean
+    printed = misprint["printed"] if misprint["classifier"] == paper.classifier else None
+    note = "" if printed is None else (
+        f"{misprint['where']} prints {100 * printed:.1f}%, a misprint: the closed form (and "
+        f"the paper's Observation 2) gives {100 * robust:.2f}%")
+    rows.append({
+        "classifier": paper.classifier, "k": paper.k, "sigma": paper.sigma, "eps": eps,
+        "accuracy": clean, "robust_accuracy": robust, "accuracy_under_attack": attacked,
+        "invariance": invariant, "attack_success_rate": 1.0 - robust,
+        "paper_accuracy": paper.accuracy, "paper_robust_accuracy": paper.robust_accuracy,
+        "paper_misprint": printed,
+        "agrees_with_paper": bool(abs(clean - paper.accuracy) <= PAPER_TOLERANCE
+                                  and abs(robust - paper.robust_accuracy) <= PAPER_TOLERANCE),
+        "note": note,
+    })
+  return rows
+
+
+# ---------------------------------------------------------- lemma checks
+
+# Noise levels and budgets at which the lemmas are checked besides the caller's.
+LEMMA_SIGMAS = (0.5, 1.0, 2.0)
+LEMMA_EPS = (0.1, 0.5, 1.0, 2.0)
+# Thresholds of the grid on [0, 1] and vote counts of the corollaries.
+LEMMA_NUM_K = 201
+COROLLARY_VOTES = tuple(range(1, 102, 2))
+
+
+def _normal_cdf(value: float) -> float:
+  return 0.5 * (1.0 + math.erf(value / math.sqrt(2.0)))
+
+
+def _monotone(values: np.ndarray, positions: np.ndarray, *, increasing: bool, quantity: str,
+              position: str) -> tuple[bool, str]:
+  """(strictly monotone?, evidence with the end values and the extreme step)."""
+  values = np.asarray(values, np.float64)
+  steps = np.diff(values) if increasing else -np.diff(values)
+  holds = bool(np.all(steps > 0))
+  ends = (f"{quantity} {values[0]:.4f} at {position} = {positions[0]:g} -> {values[-1]:.4f} "
+          f"at {position} = {positions[-1]:g}")
+  if holds:
+    word = "rise" if increasing else "fall"
+    return holds, f"{ends}; smallest {word} {steps.min():.2e} over {len(steps)} steps"
+  worst = int(np.argmin(steps))
+  return holds, (f"{ends}; {int(np.sum(steps <= 0))} of {len(steps)} steps go the wrong way, "
+                 f"the largest by {-steps[worst]:.2e} between {position} = "
+                 f"{positions[worst]:g} and {positions[worst + 1]:g}")
+
+
+def lemma_checks(sigma: float = 1.0, eps: float = 1.0, num_votes: int = 15
+                 ) -> list[dict[str, Any]]:
+  """Checks the paper's Lemmas 1-2 and Corollaries 1-3 numerically.
+
+  Lemma 1: R(k) strictly increases towards k = 1, checked on LEMMA_NUM_K
+  thresholds in [0, 1] for each sigma in LEMMA_SIGMAS and `sigma`, and for
+  the vote of `num_votes` at `sigma`. Lemma 2: the (conditional) robust
+  accuracy strictly decreases towards k = 1, on the same grid for every
+  sigma and every eps in LEMMA_EPS and `eps` (at eps = 1 it is
+  1 / (2 accuracy); for little noise and a small eps it need not hold), and
+  for the vote. Corollaries 1-3, for the majority vote at k = 1 over
+  COROLLARY_VOTES (1, 3, ..., 101) at `sigma`: R rises towards 1, robust
+  accuracy falls (at every eps of Lemma 2; for a small eps it need not),
+  accuracy rises. Every verdict is computed, in
+  float64: near k = 1 both curves are flat (R and the accuracy peak there),
+  so their steps, ~1e-6, are below float32 resolution.
+
+  Args:
+    sigma: standard deviation of theta, >= 0.
+    eps: perturbation budget, >= 0.
+    num_votes: votes of the vote versions of the lemmas, a Python int >= 1.
+
+  Returns:
+    A list of dicts: "name" (e.g. "Lemma 2"), "statement" (with its sigma
+    and eps), "holds" (bool) and "evidence" (the end values and the smallest
+    step, or where and by how much the claim fails).
+
+  Raises:
+    ValueError: bad sigma, eps or num_votes.
+  """
+  _check(sigma=sigma, eps=eps)
+  num_votes = _check_count(num_votes, "num_votes")
+  sigma, eps = float(sigma), float(eps)
+  sigmas = sorted({sigma, *LEMMA_SIGMAS})
+  budgets = sorted({eps, *LEMMA_EPS})
+  ks = np.linspace(0.0, 1.0, LEMMA_NUM_K)
+  votes = np.asarray(COROLLARY_VOTES)
+  checks = []
+
+  def add(name, statement, verdict):
+    checks.append({"name": name, "statement": statement, "holds": verdict[0],
+                   "evidence": verdict[1]})
+
+  with jax.enable_x64(True):
+    invariant = np.asarray(invariance(ks[None, :], np.asarray(sigmas)[:, None]))
+    robust = np.asarray(robust_accuracy(ks[None, None, :], np.asarray(sigmas)[:, None, None],
+                                        np.asarray(budgets)[None, :, None]))
+    single = _vote_rates(ks, sigma, eps, [num_votes])
+    at_one = {budget: _vote_rates([TRAINED_THRESHOLD], sigma, budget, COROLLARY_VOTES)
+              for budget in budgets}
+
+  where = f"k in [0, 1] ({LEMMA_NUM_K} points)"
+  for i, noise in enumerate(sigmas):
+    add("Lemma 1", f"R(k) strictly increases towards k = 1 on {where}, sigma = {noise:g}",
+        _monotone(invariant[i], ks, increasing=True, quantity="R", position="k"))
+  add("Lemma 1, vote", f"R(k) of the vote of {num_votes} strictly increases towards k = 1 on "
+      f"{where}, sigma = {sigma:g}",
+      _monotone(single["invariance"][:, 0], ks, increasing=True, quantity="R", position="k"))
+  for i, noise in enumerate(sigmas):
+    for j, budget in enumerate(budgets):
+      add("Lemma 2", "conditional robust accuracy (given correct) strictly decreases towards "
+          f"k = 1 on {where}, sigma = {noise:g}, eps = {budget:g}",
+          _monotone(robust[i, j], ks, increasing=False, quantity="robust accuracy",
+                    position="k"))
+  add("Lemma 2, vote", f"conditional robust accuracy of the vote of {num_votes} strictly "
+      f"decreases towards k = 1 on {where}, sigma = {sigma:g}, eps = {eps:g}",
+      _monotone(single["robust_accuracy"][:, 0], ks, increasing=False,
+                quantity="robust accuracy", position="k"))
+
+  span = f"{votes[0]}, {votes[1]}, ..., {votes[-1]} votes"
+  rates = at_one[eps]
+  holds, text = _monotone(rates["invariance"][0], votes, increasing=True, quantity="R",
+                          position="votes")
+  gap = 1.0 - rates["invariance"][0]
+  add("Corollary 1", f"the vote's R at k = 1 strictly rises towards 1 over {span}, "
+      f"sigma = {sigma:g}", (holds and bool(np.all(gap > 0)), f"{text}; 1 - R {gap[-1]:.2e}"))
+  benign_limit = _normal_cdf(1.0)
+  for budget in budgets:
+    holds, text = _monotone(at_one[budget]["robust_accuracy"][0], votes, increasing=False,
+                            quantity="robust accuracy", position="votes")
+    limit = _normal_cdf(1.0 - budget) / benign_limit
+    add("Corollary 2", "the vote's conditional robust accuracy at k = 1 strictly falls over "
+        f"{span}, sigma = {sigma:g}, eps = {budget:g}",
+        (holds, f"{text}; undefended limit Phi(1 - eps) / Phi(1) = {limit:.4f}"))
+  holds, text = _monotone(rates["accuracy"][0], votes, increasing=True, quantity="accuracy",
+                          position="votes")
+  add("Corollary 3", f"the vote's accuracy at k = 1 strictly rises over {span}, "
+      f"sigma = {sigma:g}", (holds, f"{text}; undefended limit Phi(1) = {benign_limit:.4f}"))
+  return checks

@@ -16,14 +16,29 @@ def test_theory_run_agrees_with_its_monte_carlo(tmp_path):
   config = theory_config.get_config("tiny")
   experiments.run(config, tmp_path)
   results = json.loads((tmp_path / "theory.json").read_text())
-  assert (tmp_path / "figures" / "theory_curves.png").is_file()
+  for name in ("theory_curves", "theory_curves_sigma", "theory_curves_votes"):
+    assert (tmp_path / "figures" / f"{name}.png").is_file(), name
   assert len(results["curves"]) == config.theory.num_k
-  for row in results["summary"]:
-    for name in ("accuracy", "robust_accuracy", "invariance"):
+  paper = results["paper_case"]
+  for row in results["summary"] + paper["rows"]:
+    for name in ("accuracy", "robust_accuracy", "accuracy_under_attack", "invariance"):
       error = row[f"mc_{name}_stderr"]
       assert abs(row[name] - row[f"mc_{name}"]) <= 4 * error + 1e-9, (row["classifier"], name)
   undefended = results["summary"][0]
   np.testing.assert_allclose(undefended["accuracy"], float(theory.accuracy(1.0, 0.0)))
+  # The paper's case: conditional robust accuracy beside the published figures.
+  assert (paper["sigma"], paper["eps"]) == (1.0, 1.0)
+  for row in paper["rows"]:
+    assert row["agrees_with_paper"], row
+    assert abs(row["robust_accuracy"] - row["paper_robust_accuracy"]) <= 5e-4
+  assert "67.7%" in paper["misprint"] and "70.36%" in paper["misprint"]
+  assert results["lemmas"] and all(
+      set(check) == {"name", "statement", "holds", "evidence"} for check in results["lemmas"])
+  assert {row["k"] for row in results["curves_sigma"]} == {0.0, 1.0}
+  assert sorted({row["num_votes"] for row in results["curves_votes"]}) == list(range(1, 102, 2))
+  text = (tmp_path / "theory.md").read_text()
+  assert "The paper's case" in text and "Observation 1 prints 67.7%" in text
+  assert "| Lemma 1 |" in text and "| Corollary 3 |" in text
 
 
 def _cell(model, targeted, k, m, successes, denominator, low, high):

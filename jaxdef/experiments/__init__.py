@@ -13,10 +13,11 @@ from jaxdef.experiments._invariance import run_invariance
 from jaxdef.experiments._kxm import run_kxm_sweep
 from jaxdef.experiments._lack_of_randomness import run_lack_of_randomness
 from jaxdef.experiments._pictures import run_pictures
+from jaxdef.experiments._reproduce import run_reproduce
 from jaxdef.experiments._theory import run_theory
 from jaxdef.experiments._workdir_lock import WorkdirLock
 
-_EXPERIMENTS = {
+EXPERIMENTS = {
     "default": run_default,
     "finetune": run_finetune,
     "invariance_bart": run_invariance,
@@ -24,6 +25,7 @@ _EXPERIMENTS = {
     "kxm_sweep": run_kxm_sweep,
     "lack_of_randomness": run_lack_of_randomness,
     "perturbation_pictures": run_pictures,
+    "reproduce": run_reproduce,
     "theory": run_theory,
 }
 
@@ -35,22 +37,26 @@ def run(config, workdir: str | os.PathLike):
   stops with a message naming this one (see `_workdir_lock`).
   """
   name = config.get("experiment")
-  if name not in _EXPERIMENTS:
-    raise ValueError(f"config.experiment must be one of {', '.join(sorted(_EXPERIMENTS))}; "
+  if name not in EXPERIMENTS:
+    raise ValueError(f"config.experiment must be one of {', '.join(sorted(EXPERIMENTS))}; "
                      f"got {name!r}")
   _schema.check_fields(config)
   with WorkdirLock(workdir):
     run_dir = _records.start_run(config, workdir)
-    return _EXPERIMENTS[name](config, run_dir)
+    return EXPERIMENTS[name](config, run_dir)
 
 
 def dry_run(config) -> dict:
   """Resolves `config` and returns what it would load and cost; computes nothing."""
   name = config.get("experiment")
-  if name not in _EXPERIMENTS:
-    raise ValueError(f"config.experiment must be one of {', '.join(sorted(_EXPERIMENTS))}; "
+  if name not in EXPERIMENTS:
+    raise ValueError(f"config.experiment must be one of {', '.join(sorted(EXPERIMENTS))}; "
                      f"got {name!r}")
   _schema.check_fields(config)
+  if name == "reproduce":
+    from jaxdef.experiments import _reproduce
+
+    return _reproduce.describe(config)
   return describe(config)
 
 

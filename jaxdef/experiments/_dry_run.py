@@ -66,7 +66,8 @@ def _largest_eot(config) -> int:
   if config.experiment == "lack_of_randomness":
     from jaxdef.experiments import _lack_of_randomness
 
-    return max(row.eot for row in _lack_of_randomness.rows_of(config))
+    return max(max([row.eot] + [m for _, _, m, _ in row.settings])
+               for row in _lack_of_randomness.rows_of(config))
   if "settings" in attack:
     return max(int(m) for _, m in attack.settings)
   return 1

@@ -40,7 +40,7 @@ from jaxdef.reports import tables
 
 BASE = "base"
 ROLES = ("before", "after")  # fine-tuning on the defense
-CSV_COLUMNS = ("defense", "strength", "model", "role", "num_images", "clean_accuracy",
+CSV_COLUMNS = ("defense", "strength", "model", "role", "targeted", "num_images", "clean_accuracy",
                "invariance", "vote_accuracy", "successes", "denominator", "rate", "ci_low",
                "ci_high", "robust_accuracy", "steps", "eot", "gradient_computations", "eps",
                "num_votes", "attack_seconds")
@@ -72,12 +72,33 @@ def check_models(config) -> None:
                      f"({', '.join(config.defenses)})")
 
 
-def _cell_path(workdir: pathlib.Path, defense_label: str, model: str) -> pathlib.Path:
-  return workdir / "records" / f"{defense_label}__{model}.json"
+def modes(config) -> tuple[bool, ...]:
+  """The attack modes measured: ``config.attack.targeted`` (default: untargeted only)."""
+  value = config.attack.get("targeted", (False,))
+  value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+  if not value or any(not isinstance(v, bool) for v in value) or len(set(value)) != len(value):
+    raise ValueError("config.attack.targeted must be a tuple of distinct booleans, e.g. "
+                     f"(False, True) (untargeted and targeted at config.data.target_label); "
+                     f"got {value!r}")
+  return value
+
+
+def _suffix(targeted: bool) -> str:
+  return "__targeted" if targeted else ""
+
+
+def _cell_path(workdir: pathlib.Path, defense_label: str, model: str,
+               targeted: bool = False) -> pathlib.Path:
+  return workdir / "records" / f"{defense_label}__{model}{_suffix(targeted)}.json"
+
+
+def mode_key(key: jax.Array, targeted: bool) -> jax.Array:
+  """The key of one mode's cell: the untargeted one is the strength's key itself."""
+  return jax.random.fold_in(key, 1) if targeted else key
 
 
 def measure_cell(clf: StochasticClassifier, key: jax.Array, images: jax.Array,
-                 labels: jax.Array, attack) -> dict:
+                 labels: jax.Array, attack, targets: jax.Array | None = None) -> dict:
   """Invariance, accuracies and APGD success of one defended model.
 
   Args:
@@ -87,6 +108,9 @@ def measure_cell(clf: StochasticClassifier, key: jax.Array, images: jax.Array,
     labels: int (B,).
     attack: the config's attack section (eps_255, steps, eot, loss, votes,
       invariance_draws).
+    targets: int (B,) target labels of a targeted attack; None: untargeted.
+      A targeted success is a clean-correct image voted as its target
+      (images of the target class are not counted).
 
   Returns:
     A record: rates in [0, 1], success counts with their denominator and CI.
@@ -98,14 +122,17 @@ def measure_cell(clf: StochasticClassifier, key: jax.Array, images: jax.Array,
   invariance = float(clf.invariance(invariance_key, images, int(attack.invariance_draws)))
   clean_accuracy = float(jnp.mean(jnp.argmax(clf.logits_fn(images), -1) == labels))
   start = time.perf_counter()
-  result = attacks.apgd_result(attack_key, clf, images, labels, eps=eps, steps=int(attack.steps),
-                               eot=int(attack.eot), loss=str(attack.loss))
+  targeted = targets is not None
+  result = attacks.apgd_result(attack_key, clf, images, targets if targeted else labels,
+                               eps=eps, steps=int(attack.steps), eot=int(attack.eot),
+                               loss=str(attack.loss), targeted=targeted,
+                               true_labels=labels if targeted else None)
   adversarial = jax.block_until_ready(result.adversarial)
   seconds = time.perf_counter() - start
-  rate = attacks.evaluate(clf, vote_key, images, adversarial, labels,
+  rate = attacks.evaluate(clf, vote_key, images, adversarial, labels, targets,
                           num_votes=int(attack.votes))
   num_images = int(labels.size)
-  return {"invariance": invariance, "clean_accuracy": clean_accuracy,
+  return {"targeted": targeted, "invariance": invariance, "clean_accuracy": clean_accuracy,
           "vote_accuracy": rate.denominator / num_images,
           "robust_accuracy": (rate.denominator - rate.successes) / num_images,
           "steps": result.steps, "eot": result.eot,
@@ -113,9 +140,10 @@ def measure_cell(clf: StochasticClassifier, key: jax.Array, images: jax.Array,
           "loss": str(attack.loss), "attack_seconds": seconds, **rate.as_dict()}
 
 
-EPOCH_COLUMNS = ("defense", "strength", "model", "epoch", "num_images", "clean_accuracy",
-                 "invariance", "vote_accuracy", "successes", "denominator", "rate", "ci_low",
-                 "ci_high", "robust_accuracy", "gradient_computations", "attack_seconds")
+EPOCH_COLUMNS = ("defense", "strength", "model", "targeted", "epoch", "num_images",
+                 "clean_accuracy", "invariance", "vote_accuracy", "successes", "denominator",
+                 "rate", "ci_low", "ci_high", "robust_accuracy", "gradient_computations",
+                 "attack_seconds")
 PANELS = (("invariance", "rate of invariance"), ("vote_accuracy", "vote accuracy"),
           ("rate", "APGD success (no EOT)"))
 
@@ -196,61 +224,85 @@ def track_epochs(config, workdir: pathlib.Path, dataset, defenses: dict,
   from jaxdef.experiments import _fashion_models
 
   root = jax.random.key(int(config.seed))
-  before = {r["defense"]: r for r in records if r["role"] == "before"}
+  before = {(r["defense"], r.get("targeted", False)): r for r in records
+            if r["role"] == "before"}
+  after = {(r["defense"], r.get("targeted", False)): r for r in records if r["role"] == "after"}
   tracked = []
   for index, (defense_label, defense) in enumerate(defenses.items()):
     key = jax.random.fold_in(root, index)  # as in run_invariance: the same draws
     model_label = finetuned_label(defense_label)
-    tracked.append({**before[defense_label], "model": model_label, "epoch": 0})
     epochs = range(1, int(config.models[model_label].get("finetune_epochs", 2)) + 1)
-    paths = {e: workdir / "records" / f"{defense_label}__{model_label}__epoch{e:03d}.json"
-             for e in epochs}
-    cells = {e: _sweep.read_cell(path) for e, path in paths.items()}
+    paths = {(e, targeted): workdir / "records" / (f"{defense_label}__{model_label}__epoch"
+                                                   f"{e:03d}{_suffix(targeted)}.json")
+             for e in epochs for targeted in modes(config)}
+    cells = {item: _sweep.read_cell(path) for item, path in paths.items()}
+    # The last epoch's checkpoint is the fine-tuned model itself, measured
+    # with the same key as its "after" cell: that cell is reused.
+    for targeted in modes(config):
+      cells[epochs[-1], targeted] = {**after[defense_label, targeted], "epoch": epochs[-1]}
     if any(cell is None for cell in cells.values()):
       model, variables_by_epoch = _fashion_models.epoch_variables(
           model_label, config.models[model_label], config,
           progress=bool(config.get("progress", True)))
       for epoch, variables in variables_by_epoch:
-        if epoch == 0 or cells[epoch] is not None:
+        if epoch == 0 or all(cells[epoch, t] is not None for t in modes(config)):
           continue
         logits_fn = models.logits_fn(model, variables, dtype=_sources.compute_dtype(config))
         clf = StochasticClassifier(logits_fn, defense,
                                    **_sources.vote_settings(config, logits_fn))
-        cells[epoch] = {"defense": defense_label, "strength": before[defense_label]["strength"],
-                        "parameter": config.invariance.parameter, "model": model_label,
-                        "epoch": epoch,
-                        **measure_cell(clf, key, dataset.images, dataset.labels, config.attack)}
-        _records.write_json(paths[epoch], cells[epoch])
-    tracked += [cells[e] for e in epochs]
+        for targeted in modes(config):
+          if cells[epoch, targeted] is not None:
+            continue
+          cells[epoch, targeted] = {
+              "defense": defense_label,
+              "strength": before[defense_label, targeted]["strength"],
+              "parameter": config.invariance.parameter, "model": model_label, "epoch": epoch,
+              **measure_cell(clf, mode_key(key, targeted), dataset.images, dataset.labels,
+                             config.attack, dataset.targets if targeted else None)}
+          _records.write_json(paths[epoch, targeted], cells[epoch, targeted])
+    for targeted in modes(config):
+      tracked.append({**before[defense_label, targeted], "model": model_label, "epoch": 0})
+      tracked += [cells[e, targeted] for e in epochs]
   _records.write_atomic(workdir / "epochs.csv", tables.csv(tracked, EPOCH_COLUMNS))
   return tracked
 
 
+def _mode_name(targeted: bool) -> str:
+  return "targeted" if targeted else "untargeted"
+
+
 def _epochs_section(tracked: list[dict], workdir: pathlib.Path, parameter: str, name: str,
                     attack) -> list[str]:
-  """The summary's "during fine-tuning" table and figure (empty without tracking)."""
+  """The summary's "during fine-tuning" table and figures (empty without tracking)."""
   if not tracked:
     return []
-  figure = epochs_figure(tracked, workdir / "figures" / "invariance_epochs", parameter,
-                         f"{name}: during fine-tuning, APGD-{attack.steps}, eps = "
-                         f"{attack.eps_255:g}/255")
+  links = []
+  for targeted in sorted({r.get("targeted", False) for r in tracked}):
+    figure = epochs_figure([r for r in tracked if r.get("targeted", False) == targeted],
+                           workdir / "figures" / f"invariance_epochs{_suffix(targeted)}",
+                           parameter, f"{name}: during fine-tuning, {_mode_name(targeted)} "
+                           f"APGD-{attack.steps}, eps = {attack.eps_255:g}/255")
+    links.append(f"![epochs, {_mode_name(targeted)}](figures/{figure.name})")
   for record in tracked:
     record["success"] = tables.rate_with_interval(record)
+    record["mode"] = _mode_name(record.get("targeted", False))
   return ["## During fine-tuning", "",
           "The fine-tuned model at every epoch's checkpoint (epoch 0: the base model), "
           "measured as above with the same draws (epochs.csv).", "",
-          tables.markdown(tracked, [("strength", parameter), ("epoch", "epoch"),
+          tables.markdown(tracked, [("strength", parameter), ("mode", "attack"),
+                                    ("epoch", "epoch"),
                                     ("clean_accuracy", "clean acc."),
                                     ("invariance", "invariance"), ("vote_accuracy", "vote acc."),
                                     ("success", "APGD success"),
                                     ("robust_accuracy", "robust acc.")]), "",
-          f"![epochs](figures/{figure.name})", ""]
+          *links, ""]
 
 
 def run_invariance(config, workdir: pathlib.Path) -> dict:
   """Runs (or resumes) the trade-off study; returns {"records", "summary"}."""
   check_models(config)
   check_tracking(config)
+  attack_modes = modes(config)
   strength_of = strengths(config)
   parameter = config.invariance.parameter
   dataset = _sources.load_eval_data(config, workdir)
@@ -276,40 +328,50 @@ def run_invariance(config, workdir: pathlib.Path) -> dict:
     # Both models of a strength share its key: they see the same draws.
     key = jax.random.fold_in(root, index)
     for role, model in zip(ROLES, (BASE, finetuned_label(defense_label))):
-      path = _cell_path(workdir, defense_label, model)
-      record = _sweep.read_cell(path)
-      if record is None:
-        clf = classifier(model, defense)
-        record = {"defense": defense_label, "strength": strength_of[defense_label],
-                  "parameter": parameter, "model": model, "role": role,
-                  **measure_cell(clf, key, dataset.images, dataset.labels, config.attack)}
-        _records.write_json(path, record)
-      records.append(record)
+      for targeted in attack_modes:
+        path = _cell_path(workdir, defense_label, model, targeted)
+        record = _sweep.read_cell(path)
+        if record is None:
+          clf = classifier(model, defense)
+          record = {"defense": defense_label, "strength": strength_of[defense_label],
+                    "parameter": parameter, "model": model, "role": role,
+                    **measure_cell(clf, mode_key(key, targeted), dataset.images, dataset.labels,
+                                   config.attack, dataset.targets if targeted else None)}
+          _records.write_json(path, record)
+        records.append(record)
   _records.write_atomic(workdir / "results.csv", tables.csv(records, CSV_COLUMNS))
   tracked = (track_epochs(config, workdir, dataset, defenses, records)
              if config.invariance.get("track_epochs", False) else [])
   attack = config.attack
-  figure = tradeoff_figure(
-      records, workdir / "figures" / "invariance_tradeoff", parameter,
-      f"{dataset.name}: APGD-{attack.steps} (EOT m = {attack.eot}), eps = "
-      f"{attack.eps_255:g}/255, {attack.votes} votes")
+  links = []
+  for targeted in attack_modes:
+    figure = tradeoff_figure(
+        [r for r in records if r.get("targeted", False) == targeted],
+        workdir / "figures" / f"invariance_tradeoff{_suffix(targeted)}", parameter,
+        f"{dataset.name}: {_mode_name(targeted)} APGD-{attack.steps} (EOT m = {attack.eot}), "
+        f"eps = {attack.eps_255:g}/255, {attack.votes} votes")
+    links.append(f"![trade-off, {_mode_name(targeted)}](figures/{figure.name})")
   for record in records:
     record["success"] = tables.rate_with_interval(record)
+    record["mode"] = _mode_name(record.get("targeted", False))
   summary = "\n".join([
       f"# Invariance trade-off: {dataset.name}, {parameter} sweep", "",
       f"{len(dataset.labels)} fixed test images (indices.json). Per {parameter}: the base "
       f"model (before) and its copy fine-tuned on that defense (after). Invariance: rate at "
       f"which one defended draw agrees with the undefended model "
-      f"({attack.invariance_draws} draws). Attack: untargeted APGD-{attack.steps}, "
+      f"({attack.invariance_draws} draws). Attack: APGD-{attack.steps} "
+      f"({', '.join(_mode_name(t) for t in attack_modes)}; targeted: towards class "
+      f"{config.data.get('target_label', -1)} (-1: the last)), "
       f"{attack.loss} loss, EOT m = {attack.eot}, eps = {attack.eps_255:g}/255; success over "
       f"the images the defended vote ({attack.votes} votes) classified correctly, 95% "
       f"Clopper-Pearson intervals; robust accuracy = vote accuracy x (1 - success).", "",
-      tables.markdown(records, [("strength", parameter), ("role", "fine-tuned"),
+      tables.markdown(records, [("strength", parameter), ("mode", "attack"),
+                                ("role", "fine-tuned"),
                                 ("model", "model"), ("clean_accuracy", "clean acc."),
                                 ("invariance", "invariance"), ("vote_accuracy", "vote acc."),
                                 ("success", "APGD success"),
                                 ("robust_accuracy", "robust acc.")]), "",
-      f"![trade-off](figures/{figure.name})", "", *([sanity_text] if sanity_text else [])]
+      *links, "", *([sanity_text] if sanity_text else [])]
       + _epochs_section(
           tracked, workdir, parameter, dataset.name, attack))
   _records.write_atomic(workdir / "summary.md", summary)

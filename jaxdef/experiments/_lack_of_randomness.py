@@ -9,6 +9,13 @@ untargeted L-inf PGD:
     so both settings cost k x eot gradient computations per image.
 Each setting is one `pgd_trajectory` run giving every k at once.
 
+A row may instead list its own `settings`: named (k, m, alpha_255) triples
+such as the study's Table 1 ("published" k x m at its alpha, "ablation"
+without EOT at another k and alpha, "equal_queries" without EOT at the
+published k x m). Settings that share (m, alpha) share one trajectory, its
+checkpoints their k's; a cell serving two settings is recorded once, its
+`setting` naming both ("ablation+equal_queries").
+
 Success is judged by the row's defended classifier: the majority vote over
 `votes` draws for the randomized defenses (random crop, resize-and-pad,
 SAP), the deterministic k-WTA model for k-WTA, and, for odds-are-odd, the
@@ -80,6 +87,9 @@ class Row:
   eot: int  # the published EOT draws per step, m_pub >= 2
   votes: int  # draws of each judged prediction
   params: dict[str, Any]
+  # (name, k, m, alpha_255) of each setting; empty: published and eot1 over
+  # config.attack.steps at config.attack.alpha_255.
+  settings: tuple[tuple[str, int, int, float], ...] = ()
 
 
 def rows_of(config) -> list[Row]:
@@ -113,10 +123,36 @@ def rows_of(config) -> list[Row]:
     if unknown:
       raise ValueError(f"{where}.params has {', '.join(unknown)}, not parameters of {defense} "
                        f"(allowed: {', '.join(PARAMS[defense]) or 'none'})")
-    row = Row(label, defense, model, eot, votes, params)
+    row = Row(label, defense, model, eot, votes, params,
+              _settings_of(entry.get("settings", ()), where))
     _preprocessing(row)  # bad registry parameters fail here, before any work
     rows.append(row)
   return rows
+
+
+def _settings_of(entries, where: str) -> tuple[tuple[str, int, int, float], ...]:
+  """A row's `settings`, checked: each {name, k, m, alpha_255}, names distinct."""
+  settings = []
+  for index, entry in enumerate(entries or ()):
+    entry = dict(entry)
+    name, k, m, alpha = (entry.get(f) for f in ("name", "k", "m", "alpha_255"))
+    field = f"{where}.settings[{index}]"
+    if not isinstance(name, str) or not name.isidentifier():
+      raise ValueError(f"{field}.name must be an identifier such as 'published', got {name!r}")
+    for value, label in ((k, "k"), (m, "m")):
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{field}.{label} must be an integer >= 1, got {value!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+      raise ValueError(f"{field}.alpha_255 (step in 1/255 units) must be a number > 0, "
+                       f"got {alpha!r}")
+    unknown = sorted(set(entry) - {"name", "k", "m", "alpha_255"})
+    if unknown:
+      raise ValueError(f"{field} has {', '.join(unknown)} (allowed: name, k, m, alpha_255)")
+    settings.append((name, k, m, float(alpha)))
+  names = [s[0] for s in settings]
+  if len(set(names)) != len(names):
+    raise ValueError(f"{where}.settings names must be distinct, got {names}")
+  return tuple(settings)
 
 
 def _preprocessing(row: Row):
@@ -139,22 +175,29 @@ def _checkpoints(config, row: Row, setting: str) -> tuple[int, ...]:
   return steps if setting == "published" else tuple(k * row.eot for k in steps)
 
 
-def units_of(config, row: Row) -> list[tuple[str, _sweep.Unit, tuple[int, ...]]]:
-  """(setting, unit, checkpoints) of the row's two PGD runs."""
-  alpha = float(config.attack.alpha_255) / 255
-  return [(setting, _sweep.Unit(row.model, row.label, False,
-                                row.eot if setting == "published" else 1, alpha),
-           _checkpoints(config, row, setting)) for setting in SETTINGS]
+def units_of(config, row: Row) -> list[tuple[dict[int, str], _sweep.Unit, tuple[int, ...]]]:
+  """({k: setting name}, unit, checkpoints) of each of the row's PGD runs."""
+  if not row.settings:
+    alpha = float(config.attack.alpha_255) / 255
+    return [({k: setting for k in _checkpoints(config, row, setting)},
+             _sweep.Unit(row.model, row.label, False, row.eot if setting == "published" else 1,
+                         alpha), _checkpoints(config, row, setting)) for setting in SETTINGS]
+  groups: dict[tuple[int, float], dict[int, list[str]]] = {}
+  for name, k, m, alpha_255 in row.settings:
+    groups.setdefault((m, alpha_255), {}).setdefault(k, []).append(name)
+  return [({k: "+".join(names) for k, names in by_k.items()},
+           _sweep.Unit(row.model, row.label, False, m, alpha_255 / 255), tuple(sorted(by_k)))
+          for (m, alpha_255), by_k in groups.items()]
 
 
 def row_costs(config) -> list[tuple[Row, int, int]]:
   """(row, image-gradients, forward passes) of every row (for --dry_run)."""
   n = int(config.data.num_images)
-  steps = tuple(int(k) for k in config.attack.steps)
   costs = []
   for row in rows_of(config):
-    gradients = len(SETTINGS) * row.eot * max(steps) * n
-    judged = (1 + len(SETTINGS) * len(steps)) * n
+    units = units_of(config, row)
+    gradients = sum(unit.eot * max(checkpoints) for _, unit, checkpoints in units) * n
+    judged = (1 + sum(len(checkpoints) for _, _, checkpoints in units)) * n
     forwards = judged * row.votes
     if row.defense == "odds_are_odd":
       odds = _odds_settings(row)
@@ -166,8 +209,8 @@ def row_costs(config) -> list[tuple[Row, int, int]]:
 def cost(config) -> dict[str, int]:
   """Units, cells, image-gradients and forward passes of the whole study."""
   costs = row_costs(config)
-  cells = len(SETTINGS) * len(tuple(config.attack.steps))
-  return {"units": len(SETTINGS) * len(costs), "cells": cells * len(costs),
+  units = [u for row in rows_of(config) for u in units_of(config, row)]
+  return {"units": len(units), "cells": sum(len(checkpoints) for _, _, checkpoints in units),
           "image_gradients": sum(g for _, g, _ in costs),
           "defended_forward_passes": sum(f for _, _, f in costs)}
 
@@ -244,7 +287,7 @@ def run_rows(config, rows: list[Row], logits_fns, dataset, workdir: pathlib.Path
              desc="lack-of-randomness units", unit="run", disable=not config.progress)
   judges: dict[str, _Judge] = {}
   clean: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-  for row, setting, unit, checkpoints in plan:
+  for row, setting_of, unit, checkpoints in plan:
     if done[unit.name] is None:
       if row.label not in judges:
         judges[row.label] = _judge_for(config, row, logits_fns[row.model], dataset,
@@ -267,7 +310,7 @@ def run_rows(config, rows: list[Row], logits_fns, dataset, workdir: pathlib.Path
                                     labels, num_votes=row.votes)
         record = {
             "unit": unit.name, "attack": "pgd", "model": row.model, "defense": row.label,
-            "defense_name": row.defense, "setting": setting, "targeted": False,
+            "defense_name": row.defense, "setting": setting_of[k], "targeted": False,
             "k": int(k), "m": unit.eot, "budget": int(result.strength),
             "alpha": unit.alpha, "alpha_255": round(unit.alpha * 255, 4), "eps": eps,
             "gradient_computations": int(result.strength),
@@ -290,8 +333,9 @@ def run_rows(config, rows: list[Row], logits_fns, dataset, workdir: pathlib.Path
 
 
 def _setting_name(record: dict) -> str:
-  return (f"published EOT-{record['m']}" if record["setting"] == "published"
-          else "EOT-1 (same budget)")
+  if record["setting"] == "published":
+    return f"published EOT-{record['m']}"
+  return "EOT-1 (same budget)" if record["setting"] == "eot1" else record["setting"]
 
 
 def summarize(records: list[dict], workdir: pathlib.Path, title: str,

@@ -38,7 +38,8 @@ SCHEMA: dict[str, dict[str | None, frozenset]] = {
                                                 "vote_chunk_size", "vote_rows_per_call",
                                                 "eot_chunk_size"})},
     "invariance_smoothing": {None: frozenset({"invariance"}) | _SANITY,
-                             "attack": frozenset({"eps_255", "steps", "eot", "loss", "votes",
+                             "attack": frozenset({"eps_255", "steps", "eot", "loss", "targeted",
+                                                  "votes",
                                                   "vote_chunk_size", "vote_rows_per_call",
                                                   "invariance_draws",
                                                   "eot_chunk_size"}),
@@ -51,6 +52,8 @@ SCHEMA: dict[str, dict[str | None, frozenset]] = {
                                                    "random_start", "votes", "vote_chunk_size",
                                                    "vote_rows_per_call",
                                                    "eot_chunk_size"})},
+    "reproduce": {None: frozenset({"parts", "order", "report"}),
+                  "report": frozenset({"path", "figures_dir", "gradients_per_second"})},
 }
 SCHEMA["invariance_bart"] = SCHEMA["invariance_smoothing"]
 
@@ -81,6 +84,14 @@ def check_fields(config) -> None:
     raise ValueError(f"the {config.experiment} experiment has no field {lines}: a typo? "
                      "Remove it or use a known name.")
   check_values(config)
+  if config.experiment == "reproduce":
+    from jaxdef.experiments import _reproduce
+
+    for name, part in _reproduce.part_configs(config).items():
+      try:
+        check_fields(part)
+      except ValueError as error:
+        raise ValueError(f"config.parts.{name}: {error}") from None
 
 
 # --- values ------------------------------------------------------------------

@@ -174,6 +174,8 @@ def eot_comparison_bars(records, path, title: str) -> pathlib.Path:
 def theory_curves(rows, path, title: str) -> pathlib.Path:
   """Benign accuracy, robust accuracy and invariance R(k) over the threshold k.
 
+  Robust accuracy is the paper's, conditional: Pr[still correct | correct].
+
   Args:
     rows: `jaxdef.theory.table` rows (with or without the vote columns).
     path: output path without suffix.
@@ -182,7 +184,7 @@ def theory_curves(rows, path, title: str) -> pathlib.Path:
   ks = [r["k"] for r in rows]
   figure, axis = plt.subplots(figsize=(5.5, 3.4))
   for key, label, style in (("accuracy", "benign accuracy", "-"),
-                            ("robust_accuracy", "robust accuracy", "-"),
+                            ("robust_accuracy", "robust accuracy (given correct)", "-"),
                             ("invariance", "invariance R(k)", "-"),
                             ("vote_accuracy", "benign accuracy (vote)", "--"),
                             ("vote_robust_accuracy", "robust accuracy (vote)", "--")):
@@ -193,5 +195,58 @@ def theory_curves(rows, path, title: str) -> pathlib.Path:
   axis.set_ylabel("rate")
   axis.grid(alpha=0.3)
   axis.legend(fontsize=7)
+  axis.set_title(title, fontsize=9)
+  return save(figure, path)
+
+
+# The rates of the sigma and vote curves: one colour each; one line style per k.
+_THEORY_RATES = (("accuracy", "benign accuracy"),
+                 ("robust_accuracy", "robust accuracy (given correct)"),
+                 ("invariance", "invariance R"))
+
+
+def _theory_lines(axis, rows, x_key: str) -> None:
+  """One line per (rate, k) of `rows` over `x_key`: colour = rate, style = k."""
+  styles = ("-", "--", ":", "-.")
+  for index, k in enumerate(sorted({r["k"] for r in rows})):
+    line = sorted((r for r in rows if r["k"] == k), key=lambda r: r[x_key])
+    name = {0.0: "defended", 1.0: "trained invariance"}.get(k, "threshold")
+    for colour, (key, label) in enumerate(_THEORY_RATES):
+      axis.plot([r[x_key] for r in line], [r[key] for r in line], styles[index % len(styles)],
+                color=f"C{colour}", label=f"{label}, k = {k:g} ({name})")
+  axis.set_ylabel("rate")
+  axis.grid(alpha=0.3)
+  # Outside the axes: six lines span most of the plot's height.
+  axis.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def theory_curves_sigma(rows, path, title: str) -> pathlib.Path:
+  """Benign accuracy, robust accuracy (conditional) and R over the defense's sigma.
+
+  Args:
+    rows: `jaxdef.theory.table_over_sigma` rows: "k", "sigma" and the rates,
+      one line per rate and k (k = 0 solid, k = 1 dashed).
+    path: output path without suffix.
+    title: figure title.
+  """
+  figure, axis = plt.subplots(figsize=(5.5, 3.4))
+  _theory_lines(axis, rows, "sigma")
+  axis.set_xlabel("defense noise sigma (theta ~ N(1, sigma^2))")
+  axis.set_title(title, fontsize=9)
+  return save(figure, path)
+
+
+def theory_curves_votes(rows, path, title: str) -> pathlib.Path:
+  """The majority vote's benign accuracy, robust accuracy (conditional) and R over votes.
+
+  Args:
+    rows: `jaxdef.theory.table_over_votes` rows: "k", "num_votes" and the
+      vote's rates, one line per rate and k (k = 0 solid, k = 1 dashed).
+    path: output path without suffix.
+    title: figure title.
+  """
+  figure, axis = plt.subplots(figsize=(5.5, 3.4))
+  _theory_lines(axis, rows, "num_votes")
+  axis.set_xlabel("votes (majority of independent draws of theta)")
   axis.set_title(title, fontsize=9)
   return save(figure, path)

@@ -1,0 +1,208 @@
+"""The reproduction: its config's scalings, the verdicts, and the tiny run end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import pathlib
+
+import pytest
+from scipy import stats
+
+from configs import reproduce
+from jaxdef import experiments
+from jaxdef.experiments import _reproduce
+from jaxdef.reports import paper
+from jaxdef.reports import reproduction
+from jaxdef.reports import verdicts
+
+
+def _rate(successes: int, denominator: int) -> dict:
+  return verdicts.proportion(successes, denominator)
+
+
+# ------------------------------------------------------------------ verdicts
+
+
+def test_proportion_interval_is_clopper_pearson_from_scipy():
+  record = _rate(7, 20)
+  assert record["rate"] == pytest.approx(0.35)
+  # Exact binomial interval, independently: the beta quantiles.
+  assert record["ci_low"] == pytest.approx(stats.beta.ppf(0.025, 7, 14), abs=1e-9)
+  assert record["ci_high"] == pytest.approx(stats.beta.ppf(0.975, 8, 13), abs=1e-9)
+
+
+@pytest.mark.parametrize("higher, lower, expected", [
+    ((90, 100), (20, 100), verdicts.REPRODUCED),
+    ((12, 20), (10, 20), verdicts.SAME_NOT_SIGNIFICANT),
+    ((20, 100), (90, 100), verdicts.OPPOSITE_SIGNIFICANT),
+    ((10, 20), (12, 20), verdicts.OPPOSITE_NOT_SIGNIFICANT),
+    ((5, 10), (10, 20), verdicts.NO_DIFFERENCE),
+    ((5, 10), (0, 0), verdicts.NO_DATA),
+])
+def test_direction_verdicts(higher, lower, expected):
+  assert verdicts.direction(_rate(*higher), _rate(*lower)) == expected
+
+
+def test_no_gap_verdicts_name_the_reference():
+  assert verdicts.no_gap(_rate(95, 100), _rate(90, 100), "EOT") == (
+      "reproduced (no significant gap)")
+  assert verdicts.no_gap(_rate(95, 100), _rate(20, 100), "EOT") == (
+      "not reproduced (EOT significantly higher)")
+  assert verdicts.no_gap(_rate(20, 100), _rate(95, 100), "EOT") == (
+      "reproduced (significantly higher than EOT)")
+
+
+def test_tally_counts_verdict_cells_only():
+  lines = ["| a | reproduced |", "| b | same direction, not significant |",
+           "reproduced outside a table", "| c | reproduced |"]
+  assert reproduction.tally(lines) == {"reproduced": 2, "same direction, not significant": 1}
+
+
+# ------------------------------------------------------------------ the config's scalings
+
+
+@pytest.mark.parametrize("row", paper.TABLE1, ids=lambda row: row.defense)
+def test_table1_budgets_fit_the_cap_and_keep_k_to_m(row):
+  k, m = reproduce.scaled_budget(row.k, row.m)
+  assert k * m <= reproduce.TABLE1_QUERY_CAP
+  if row.k * row.m > reproduce.TABLE1_QUERY_CAP:
+    # k : m kept up to rounding m to an integer.
+    assert k / m == pytest.approx(row.k / row.m, rel=0.3)
+    assert k * m >= 0.75 * reproduce.TABLE1_QUERY_CAP  # the largest that fits, nearly
+  else:
+    assert (k, m) == (row.k, row.m)
+
+
+def test_table1_settings_scale_alpha_as_eps():
+  published, ablation, equal = reproduce.table1_settings(1000, 30, 0.1, 1000, 0.001)
+  assert (published["k"], published["m"]) == (200, 5)  # sqrt(1000 / 30000) of each
+  assert published["alpha_255"] == pytest.approx(0.1 * 255 * 2)
+  assert (ablation["k"], ablation["m"], ablation["alpha_255"]) == (1000, 1, 0.51)
+  assert (equal["k"], equal["m"]) == (1000, 1)
+
+
+def test_full_config_follows_the_paper_where_it_fits():
+  config = reproduce.get_config()
+  assert sorted(config.order) == sorted(config.parts.keys())
+  assert config.parts.table1.data.num_images >= 200
+  for name in config.order:
+    part = config.parts[name]
+    if name.startswith("kxm_"):
+      assert part.data.num_images >= 200
+      assert tuple(part.attack.alphas_255) == tuple(2 * a for a in paper.KXM_ALPHAS_255)
+      assert set(part.attack.eots) <= set(paper.KXM_EOTS)
+      assert set(part.attack.steps) <= set(paper.KXM_STEPS)
+    if name.startswith("invariance_"):
+      assert part.data.num_images >= 500
+      assert (part.attack.steps, part.attack.eot) == (200, 1)  # APGD-200 without EOT
+    if name.startswith("tables34_"):
+      assert (part.attack.steps, part.attack.eots, part.attack.targeted) == ((100,), (20,),
+                                                                              (True,))
+      assert part.attack.alphas_255 == (2.0,)  # 1/255 at eps 8/255, scaled to 16/255
+      sigma = next(iter(part.defenses.values())).sigma
+      assert round(sigma, 2) in paper.TABLES34
+  assert config.parts.theory.theory.sigma == config.parts.theory.theory.eps == 1.0
+
+
+def test_dry_run_prices_every_part():
+  config = reproduce.get_config()
+  report = experiments.dry_run(config)
+  assert list(report["parts"]) == list(config.order)
+  assert report["parts"]["theory"]["image_gradients"] == 0
+  kxm = config.parts.kxm_smoothing_025
+  expected = 200 * sum(kxm.attack.eots) * max(kxm.attack.steps) * len(kxm.attack.alphas_255) * 2
+  assert report["parts"]["kxm_smoothing_025"]["image_gradients"] == expected
+  total = sum(part["image_gradients"] for part in report["parts"].values())
+  assert report["image_gradients"] == total
+  assert report["estimated_attack_minutes"] == pytest.approx(
+      total / config.report.gradients_per_second / 60, abs=0.1)
+
+
+def test_bad_reproduce_configs_are_refused_by_name():
+  config = reproduce.get_config("tiny")
+  config.order = tuple(config.order)[:-1]
+  with pytest.raises(ValueError, match=r"config.order must name every part"):
+    experiments.dry_run(config)
+  config = reproduce.get_config("tiny")
+  config.parts.theory.experiment = "nope"
+  with pytest.raises(ValueError, match=r"config.parts.theory.experiment must be one of"):
+    experiments.dry_run(config)
+  config = reproduce.get_config("tiny")
+  config.parts.table1.attack.stpes = 3
+  with pytest.raises(ValueError, match=r"config.parts.table1: .*config.attack.stpes"):
+    experiments.dry_run(config)
+  with pytest.raises(ValueError, match="allowed: fashion, tiny"):
+    reproduce.get_config("imagenet")
+
+
+# ------------------------------------------------------------------ the tiny run, end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("reproduce")
+  config = reproduce.get_config("tiny")
+  config.models_dir = str(root / "models")
+  config.progress = False
+  workdir = root / "run"
+  experiments.run(config, workdir)
+  return config, workdir
+
+
+def test_tiny_run_writes_every_section(tiny_run):
+  config, workdir = tiny_run
+  text = (workdir / "REPRODUCTION.md").read_text()
+  for title in reproduction.SECTION_TITLES:
+    assert f"## {title}" in text
+  parts = json.loads((workdir / "parts.json").read_text())
+  assert sorted(parts) == sorted(config.order)
+  assert all(entry["finished"] and entry["seconds"] >= 0 for entry in parts.values())
+  # The theory rows are the paper's, and every linked figure was copied.
+  assert "84.1% / 59.4%" in text and "71.1% / 70.4%" in text and "76.0% / 65.8%" in text
+  for link in text.split("](")[1:]:
+    target = workdir / link.split(")")[0]
+    assert target.exists(), target
+
+
+def test_second_run_enters_no_part_and_writes_the_same_report(tiny_run):
+  config, workdir = tiny_run
+  before = (workdir / "REPRODUCTION.md").read_text()
+  output = io.StringIO()
+  with contextlib.redirect_stdout(output):
+    experiments.run(config, workdir)
+  assert "[reproduce] part" not in output.getvalue()
+  assert (workdir / "REPRODUCTION.md").read_text() == before
+
+
+def test_a_changed_record_changes_the_report(tiny_run, tmp_path):
+  config, workdir = tiny_run
+  original = (workdir / "REPRODUCTION.md").read_text()
+  records = sorted((workdir / "tables34_smoothing_025" / "records").glob("*.json"))
+  before = next(p for p in records if json.loads(p.read_text())["model"] == "base")
+  record = json.loads(before.read_text())
+  changed = dict(record, successes=7, denominator=8, num_images=8, rate=7 / 8,
+                 ci_low=verdicts.proportion(7, 8)["ci_low"],
+                 ci_high=verdicts.proportion(7, 8)["ci_high"])
+  copy = tmp_path / "run"
+  import shutil
+
+  shutil.copytree(workdir, copy)
+  (copy / before.relative_to(workdir)).write_text(json.dumps(changed))
+  text, _ = reproduction.build(config, copy, tmp_path / "figures", tmp_path)
+  assert text != original.replace("reproduction_figures", "figures")
+  assert "88% (7/8" in text  # the changed record's rate, with its counts
+  assert math.isfinite(changed["ci_low"])
+
+
+def test_part_configs_share_the_top_level_fields():
+  config = reproduce.get_config("tiny")
+  config.models_dir = "somewhere/models"
+  config.seed = 3
+  parts = _reproduce.part_configs(config)
+  assert all(part.seed == 3 for part in parts.values())
+  assert all(part.models_dir == "somewhere/models" for name, part in parts.items()
+             if name != "theory")
+  assert pathlib.Path("configs/reproduce.py").exists()
