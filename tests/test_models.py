@@ -214,6 +214,30 @@ def test_kwta_keeps_exactly_the_k_largest(ratio):
     np.testing.assert_array_equal(kept[b][top], flat[b][top])
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_kwta_threshold_is_numpys_kth_largest_with_ties_and_signs(seed):
+  rng = np.random.default_rng(seed)
+  # Negative and positive values, signed zeros, repeated values, large magnitudes.
+  x = rng.choice(np.array([-3e30, -2.5, -1.0, -0.0, 0.0, 0.5, 1.0, 7.0, 2e30], np.float32),
+                 size=(5, 97)) * rng.choice([1.0, 1.0, 1e-3], size=(5, 97)).astype(np.float32)
+  x[0] = rng.normal(size=97)  # one row without ties
+  ratio = rng.uniform(0.01, 1.0)
+  out = np.asarray(models.kwta(jnp.asarray(x), ratio=ratio))
+  k = max(1, round(ratio * 97))
+  for row, kept in zip(x, out):
+    threshold = np.partition(row, 97 - k)[97 - k]  # the k-th largest, independently
+    np.testing.assert_array_equal(kept, np.where(row >= threshold, row, 0.0))
+
+
+def test_kwta_matches_lax_top_k_threshold_in_bfloat16():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6, 6, 8)), jnp.bfloat16)
+  flat = x.reshape(4, -1).astype(jnp.float32)
+  threshold = jax.lax.top_k(flat, 29)[0][:, -1:]
+  expected = jnp.where(flat >= threshold, flat, 0.0).reshape(x.shape)
+  np.testing.assert_array_equal(np.asarray(models.kwta(x, ratio=0.1), np.float32),
+                                np.asarray(expected))
+
+
 def test_kwta_gradient_flows_through_kept_units():
   x = _images((2, 50)) - 0.5
   grad = jax.grad(lambda x: models.kwta(x, ratio=0.2).sum())(x)

@@ -63,8 +63,40 @@ def kwta(x: jax.Array, *, ratio: float = KWTA_RATIO) -> jax.Array:
   _validate.check_number(ratio, "kwta_ratio", low=0, high=1, low_inclusive=False)
   flat = x.reshape(x.shape[0], -1)
   k = _count(ratio, flat.shape[1], "kwta_ratio")
-  threshold = jax.lax.top_k(flat, k)[0][:, -1:]
-  return jnp.where(flat >= threshold, flat, jnp.zeros_like(flat)).reshape(x.shape)
+  keys = _order_keys(flat)
+  kept = keys >= _kth_largest_key(keys, k)
+  return jnp.where(kept, flat, jnp.zeros_like(flat)).reshape(x.shape)
+
+
+def _order_keys(values: jax.Array) -> jax.Array:
+  """uint32 keys (B, n) ordered as the float values are (-0.0 just below +0.0)."""
+  bits = jax.lax.bitcast_convert_type(
+      jax.lax.stop_gradient(values).astype(jnp.float32), jnp.uint32)
+  # Negative floats: flip every bit (larger magnitude -> smaller key);
+  # non-negative ones: set the sign bit (above every negative one).
+  negative = (bits >> 31) == 1
+  return jnp.where(negative, ~bits, bits | jnp.uint32(1 << 31))
+
+
+def _kth_largest_key(keys: jax.Array, k: int) -> jax.Array:
+  """The k-th largest of each row of `keys` (B, n), exactly; shape (B, 1).
+
+  Bisection on the key itself: the largest t with at least k keys >= t.
+  32 passes of a compare-and-count over the row, where XLA's CPU top_k
+  sorts every row (k-WTA models trained about 6x slower with it).
+  """
+  low = jnp.min(keys, axis=1, keepdims=True)
+  high = jnp.max(keys, axis=1, keepdims=True)
+
+  def halve(_, bounds):
+    low, high = bounds
+    gap = high - low
+    middle = low + (gap - gap // 2)  # ceil((low + high) / 2) without overflow
+    enough = jnp.sum(keys >= middle, axis=1, keepdims=True) >= k
+    return jnp.where(enough, middle, low), jnp.where(enough, high, middle - 1)
+
+  low, _ = jax.lax.fori_loop(0, 32, halve, (low, high))
+  return low
 
 
 def _sap_one(h: jax.Array, u: jax.Array) -> jax.Array:
