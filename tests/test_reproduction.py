@@ -55,6 +55,12 @@ def test_no_gap_verdicts_name_the_reference():
       "reproduced (significantly higher than EOT)")
 
 
+@pytest.mark.parametrize("value, text", [(0.1, "0.1"), (0.001, "0.001"), (0.01, "0.01"),
+                                         (0.1 / 255, "0.1/255"), (0.2 / 255, "0.2/255")])
+def test_steps_print_as_the_poster_prints_them(value, text):
+  assert reproduction._alpha(value) == text
+
+
 def test_tally_counts_verdict_cells_only():
   lines = ["| a | reproduced |", "| b | same direction, not significant |",
            "reproduced outside a table", "| c | reproduced |"]
@@ -206,3 +212,45 @@ def test_part_configs_share_the_top_level_fields():
   assert all(part.models_dir == "somewhere/models" for name, part in parts.items()
              if name != "theory")
   assert pathlib.Path("configs/reproduce.py").exists()
+
+
+def test_which_defenses_the_finding_expects_eot_to_help():
+  assert reproduction.is_more_random({"name": "randomized_smoothing", "sigma": 0.5})
+  assert not reproduction.is_more_random({"name": "randomized_smoothing", "sigma": 0.25})
+  assert reproduction.is_more_random({"name": "bart", "kappa": 4})
+  assert not reproduction.is_more_random({"name": "bart", "kappa": 2})
+
+
+def _theory_only(tmp_path):
+  import ml_collections
+
+  config = reproduce.get_config("tiny")
+  config.parts = ml_collections.ConfigDict({"theory": config.parts.theory.to_dict()})
+  config.order = ("theory",)
+  config.models_dir = str(tmp_path / "models")
+  config.progress = False
+  return config
+
+
+def test_a_finished_part_refuses_a_changed_config_and_a_new_part_runs(tmp_path):
+  import ml_collections
+
+  config = _theory_only(tmp_path)
+  workdir = tmp_path / "run"
+  experiments.run(config, workdir)
+  # Sections of parts the plan does not have say so instead of failing.
+  text = (workdir / "REPRODUCTION.md").read_text()
+  assert "Not run" in text and "84.1% / 59.4%" in text
+  changed = _theory_only(tmp_path)
+  changed.parts.theory.theory.num_k = 5
+  with pytest.raises(ValueError, match="holds results of a different config"):
+    experiments.run(changed, workdir)
+  grown = _theory_only(tmp_path)
+  grown.parts.more_theory = ml_collections.ConfigDict(grown.parts.theory.to_dict())
+  grown.order = ("theory", "more_theory")
+  output = io.StringIO()
+  with contextlib.redirect_stdout(output):
+    experiments.run(grown, workdir)
+  assert "part 2/2: more_theory" in output.getvalue()
+  assert "part 1/2" not in output.getvalue()
+  assert sorted(json.loads((workdir / "parts.json").read_text())) == ["more_theory", "theory"]

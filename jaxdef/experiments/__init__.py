@@ -42,7 +42,9 @@ def run(config, workdir: str | os.PathLike):
                      f"got {name!r}")
   _schema.check_fields(config)
   with WorkdirLock(workdir):
-    run_dir = _records.start_run(config, workdir)
+    # A reproduce run's parts each refuse a changed config in their own
+    # folder; parts not run yet may change (a plan cut to fit a budget).
+    run_dir = _records.start_run(config, workdir, refuse_changes=name != "reproduce")
     return EXPERIMENTS[name](config, run_dir)
 
 

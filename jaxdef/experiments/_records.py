@@ -47,11 +47,14 @@ def config_differences(old: dict, new: dict) -> list[str]:
   return sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k))
 
 
-def start_run(config, workdir: str | os.PathLike) -> pathlib.Path:
+def start_run(config, workdir: str | os.PathLike, *, refuse_changes: bool = True
+              ) -> pathlib.Path:
   """Creates (or reopens) the run directory and records config and environment.
 
   A workdir that already holds a run of a different config is refused, so
-  results of two configs are never mixed; the same config resumes.
+  results of two configs are never mixed; the same config resumes. With
+  ``refuse_changes=False`` (a run made of parts that each guard their own
+  folder) the new config is recorded instead.
 
   Raises:
     ValueError: the workdir holds another config's results.
@@ -66,7 +69,7 @@ def start_run(config, workdir: str | os.PathLike) -> pathlib.Path:
     raise OSError(f"the workdir {workdir} is not writable; pass another --workdir")
   text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
   previous = workdir / "config.json"
-  if previous.exists():
+  if previous.exists() and refuse_changes:
     try:
       old = json.loads(previous.read_text())
     except ValueError:
