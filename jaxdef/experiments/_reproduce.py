@@ -126,9 +126,8 @@ def run_reproduce(config, workdir: pathlib.Path) -> dict:
     start = time.time()
     experiments.run(sub, part_dir)
     seconds = time.time() - start
-    earlier = finished.get(name, {}).get("seconds", 0.0)  # an interrupted earlier attempt
     finished[name] = {"finished": True, "experiment": sub.experiment,
-                      "seconds": round(earlier + seconds, 1),
+                      "seconds": round(seconds, 1),
                       "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     _records.write_json(workdir / PARTS_FILE, finished)
     print(f"[reproduce] {name} done in {seconds / 60:.1f} min", flush=True)

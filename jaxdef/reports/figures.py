@@ -220,6 +220,14 @@ def _theory_lines(axis, rows, x_key: str) -> None:
   axis.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
+def _theory_figure(rows, path, title: str, x_key: str, xlabel: str) -> pathlib.Path:
+  figure, axis = plt.subplots(figsize=(5.5, 3.4))
+  _theory_lines(axis, rows, x_key)
+  axis.set_xlabel(xlabel)
+  axis.set_title(title, fontsize=9)
+  return save(figure, path)
+
+
 def theory_curves_sigma(rows, path, title: str) -> pathlib.Path:
   """Benign accuracy, robust accuracy (conditional) and R over the defense's sigma.
 
@@ -229,11 +237,7 @@ def theory_curves_sigma(rows, path, title: str) -> pathlib.Path:
     path: output path without suffix.
     title: figure title.
   """
-  figure, axis = plt.subplots(figsize=(5.5, 3.4))
-  _theory_lines(axis, rows, "sigma")
-  axis.set_xlabel("defense noise sigma (theta ~ N(1, sigma^2))")
-  axis.set_title(title, fontsize=9)
-  return save(figure, path)
+  return _theory_figure(rows, path, title, "sigma", "defense noise sigma (theta ~ N(1, sigma^2))")
 
 
 def theory_curves_votes(rows, path, title: str) -> pathlib.Path:
@@ -245,8 +249,5 @@ def theory_curves_votes(rows, path, title: str) -> pathlib.Path:
     path: output path without suffix.
     title: figure title.
   """
-  figure, axis = plt.subplots(figsize=(5.5, 3.4))
-  _theory_lines(axis, rows, "num_votes")
-  axis.set_xlabel("votes (majority of independent draws of theta)")
-  axis.set_title(title, fontsize=9)
-  return save(figure, path)
+  return _theory_figure(rows, path, title, "num_votes",
+                        "votes (majority of independent draws of theta)")

@@ -48,7 +48,7 @@ def cell_records(part_dir: pathlib.Path) -> list[dict]:
   for path in sorted(folder.glob("*.json")):
     record = _json(path)
     if isinstance(record, dict) and "successes" in record:
-      out.append(dict(record, record_file=str(path.relative_to(part_dir.parent))))
+      out.append(record)
   return out
 
 
@@ -339,8 +339,7 @@ def _figure7_row(records: list[dict], defense: str, targeted) -> dict | None:
   k = max(r["k"] for r in group)
   largest_m = max(r["m"] for r in group)
   at_k = [r for r in group if r["k"] == k]
-  best = {m: max(sorted((r for r in at_k if r["m"] == m), key=lambda r: r["alpha_255"]),
-                 key=lambda r: r["rate"]) for m in (1, largest_m)}
+  best = {r["m"]: r for r in best_alpha_cells(at_k) if r["m"] in (1, largest_m)}
   small, large = best[1]["alpha_255"], best[largest_m]["alpha_255"]
   no_eot_at_large = next(r for r in at_k if r["m"] == 1 and r["alpha_255"] == large)
   if small < large:
