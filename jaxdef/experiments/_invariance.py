@@ -88,8 +88,10 @@ def _suffix(targeted: bool) -> str:
 
 
 def _cell_path(workdir: pathlib.Path, defense_label: str, model: str,
-               targeted: bool = False) -> pathlib.Path:
-  return workdir / "records" / f"{defense_label}__{model}{_suffix(targeted)}.json"
+               targeted: bool = False, epoch: int | None = None) -> pathlib.Path:
+  """records/<defense>__<model>[__epochNNN][__targeted].json (epoch: a tracked checkpoint)."""
+  tracked = "" if epoch is None else f"__epoch{epoch:03d}"
+  return workdir / "records" / f"{defense_label}__{model}{tracked}{_suffix(targeted)}.json"
 
 
 def mode_key(key: jax.Array, targeted: bool) -> jax.Array:
@@ -110,7 +112,7 @@ def measure_cell(clf: StochasticClassifier, key: jax.Array, images: jax.Array,
       invariance_draws).
     targets: int (B,) target labels of a targeted attack; None: untargeted.
       A targeted success is a clean-correct image voted as its target
-      (images of the target class are not counted).
+      (images of the target class aim at another class, `_sources.targets_for`).
 
   Returns:
     A record: rates in [0, 1], success counts with their denominator and CI.
@@ -232,8 +234,7 @@ def track_epochs(config, workdir: pathlib.Path, dataset, defenses: dict,
     key = jax.random.fold_in(root, index)  # as in run_invariance: the same draws
     model_label = finetuned_label(defense_label)
     epochs = range(1, int(config.models[model_label].get("finetune_epochs", 2)) + 1)
-    paths = {(e, targeted): workdir / "records" / (f"{defense_label}__{model_label}__epoch"
-                                                   f"{e:03d}{_suffix(targeted)}.json")
+    paths = {(e, targeted): _cell_path(workdir, defense_label, model_label, targeted, e)
              for e in epochs for targeted in modes(config)}
     cells = {item: _sweep.read_cell(path) for item, path in paths.items()}
     # The last epoch's checkpoint is the fine-tuned model itself, measured
