@@ -60,6 +60,12 @@ def build(experiment: str, parameter: str, defenses: dict, variant: str
   config.attack.vote_chunk_size = 100
   _common.add_vote_rows(config.attack)
   config.attack.invariance_draws = 100
+  # As in the k x m sweep: True stops each image's vote once its label is
+  # decided at vote_error; True attacks (and votes after the attack on) only
+  # the images the clean vote got right, the ones a success rate counts.
+  config.attack.sequential_votes = False
+  config.attack.vote_error = 1e-3
+  config.attack.counted_only = False
 
   if variant == "imagenette":
     _common.set_data(config, "imagenette", num_images=1000)

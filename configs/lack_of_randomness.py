@@ -71,6 +71,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.vote_chunk_size = 30
   _common.add_vote_rows(config.attack)
   config.attack.eot_chunk_size = 10  # EOT draws evaluated at once (memory); 0: all
+  # True attacks only the images the judge got right before the attack (the
+  # rates' denominators); SAP's model, random itself, is always attacked
+  # whole. The same rates: a deterministic model's draws do not depend on
+  # the rows attacked, and the judge still sees the whole batch.
+  config.attack.counted_only = False
 
   if variant == "imagenet":
     _common.set_data(config, "imagenet", num_images=1000)

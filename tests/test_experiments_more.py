@@ -183,6 +183,48 @@ def test_invariance_tiny_run(tmp_path, models_dir, module):
   assert strip(again["records"]) == strip(records)
 
 
+def _cell_attack(**fast):
+  attack = invariance_smoothing.get_config("tiny").attack
+  attack.update(steps=10, votes=40, invariance_draws=4, eps_255=8.0, **fast)
+  return attack
+
+
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
+def test_counted_only_cell_attacks_fewer_images_for_the_same_counts(fashion_mlp, targeted):
+  import jax
+
+  from jaxdef import StochasticClassifier
+  from jaxdef import defenses
+  from jaxdef.experiments import _sweep
+
+  images = jax.numpy.asarray(fashion_mlp.test_images[:40])
+  labels = jax.numpy.asarray(fashion_mlp.test_labels[:40])
+  targets = (labels + 1) % 10 if targeted else None
+  key = jax.random.key(5)
+  # A deterministic classifier: APGD on a subset is APGD on the whole batch's
+  # rows, so the counts must agree exactly.
+  plain = StochasticClassifier(fashion_mlp.logits_fn, None)
+  whole = _invariance.measure_cell(plain, key, images, labels, _cell_attack(), targets)
+  fast = _invariance.measure_cell(
+      plain, key, images, labels,
+      _cell_attack(counted_only=True, sequential_votes=True), targets)
+  for field in ("successes", "denominator", "invariance", "clean_accuracy"):
+    assert fast[field] == whole[field], field
+  assert 0 < whole["denominator"] < 40
+  bucket = _sweep.SUBSET_BUCKET
+  assert whole["attacked_images"] == 40
+  assert fast["attacked_images"] == -(-whole["denominator"] // bucket) * bucket
+  assert (whole["vote_rule"], fast["vote_rule"]) == ("full", "sequential")
+  # A random defense: the counted images only, fewer model evaluations, a rate.
+  clf = StochasticClassifier(fashion_mlp.logits_fn, defenses.randomized_smoothing(sigma=0.25))
+  noisy_whole = _invariance.measure_cell(clf, key, images, labels, _cell_attack(), targets)
+  noisy = _invariance.measure_cell(
+      clf, key, images, labels, _cell_attack(counted_only=True, sequential_votes=True), targets)
+  assert noisy["attacked_images"] == -(-noisy["denominator"] // bucket) * bucket < 40
+  assert noisy["vote_forward_passes"] < noisy_whole["vote_forward_passes"] == 2 * 40 * 40
+  _check_rate(noisy)
+
+
 def test_invariance_config_checks():
   config = invariance_smoothing.get_config("imagenette")
   config.invariance.track_epochs = True

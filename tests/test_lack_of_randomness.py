@@ -236,6 +236,29 @@ def test_rerun_skips_finished_cells(tiny_run, monkeypatch):
   assert len(ran) == 1 and missing.exists()
 
 
+def test_counted_only_attacks_fewer_images_for_the_same_records(tiny_run, tmp_path):
+  from jaxdef import experiments
+  from jaxdef.experiments import _sweep
+
+  config, _, result = tiny_run
+  config = config.copy_and_resolve_references()
+  config.attack.counted_only = True
+  # The tiny models get some images wrong: those are not attacked.
+  fast = experiments.run(config, tmp_path / "fast")["records"]
+  fields = ("unit", "k", "successes", "denominator", "misclassified", "flagged",
+            "nonfinite_images")
+  assert [[r[f] for f in fields] for r in fast] == [[r[f] for f in fields]
+                                                   for r in result["records"]]
+  for record in fast:
+    if record["defense"] == "sap":  # a random model is attacked whole
+      assert record["attacked_images"] == record["num_images"]
+    else:
+      padded = -(-record["denominator"] // _sweep.SUBSET_BUCKET) * _sweep.SUBSET_BUCKET
+      assert record["attacked_images"] == min(record["num_images"], max(padded, 4))
+  assert {r["attacked_images"] for r in result["records"]} == {6}
+  assert any(r["attacked_images"] < 6 for r in fast)
+
+
 def test_full_size_default_dry_runs_with_cost():
   from configs import lack_of_randomness
   from jaxdef import experiments

@@ -22,6 +22,7 @@ strength.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import jax
@@ -109,10 +110,16 @@ def measure_cell(clf: StochasticClassifier, key: jax.Array, images: jax.Array,
     images: float (B, H, W, C) in [0, 1].
     labels: int (B,).
     attack: the config's attack section (eps_255, steps, eot, loss, votes,
-      invariance_draws).
+      invariance_draws; optional sequential_votes, vote_error, counted_only,
+      as in the k x m sweep).
     targets: int (B,) target labels of a targeted attack; None: untargeted.
       A targeted success is a clean-correct image voted as its target
       (images of the target class aim at another class, `_sources.targets_for`).
+
+  With ``attack.counted_only`` only the images the clean vote got right
+  (the success rate's denominator, padded to `_sweep.SUBSET_BUCKET`) are
+  attacked and voted on after the attack: the same rate, from a smaller
+  batch (its draws differ from a whole-batch attack's, not its law).
 
   Returns:
     A record: rates in [0, 1], success counts with their denominator and CI.
@@ -120,26 +127,46 @@ def measure_cell(clf: StochasticClassifier, key: jax.Array, images: jax.Array,
   import time
 
   invariance_key, attack_key, vote_key = jax.random.split(key, 3)
+  clean_key, adversarial_key = jax.random.split(vote_key)
   eps = float(attack.eps_255) / 255
+  votes = int(attack.votes)
+  sequential = bool(attack.get("sequential_votes", False))
+  vote = functools.partial(_sweep.vote_labels, clf, votes=votes, sequential=sequential,
+                           error=float(attack.get("vote_error", 1e-3)))
   invariance = float(clf.invariance(invariance_key, images, int(attack.invariance_draws)))
   clean_accuracy = float(jnp.mean(jnp.argmax(clf.logits_fn(images), -1) == labels))
-  start = time.perf_counter()
+  clean, clean_cost = vote(clean_key, images)
+  labels_np = np.asarray(labels)
+  counted = clean == labels_np
+  attacked = (_sweep.padded_subset(counted) if attack.get("counted_only", False)
+              else np.arange(labels_np.size))
   targeted = targets is not None
-  result = attacks.apgd_result(attack_key, clf, images, targets if targeted else labels,
+  goal = np.asarray(targets if targeted else labels)[attacked]
+  start = time.perf_counter()
+  result = attacks.apgd_result(attack_key, clf, images[attacked], goal,
                                eps=eps, steps=int(attack.steps), eot=int(attack.eot),
                                loss=str(attack.loss), targeted=targeted,
-                               true_labels=labels if targeted else None)
+                               true_labels=labels_np[attacked] if targeted else None)
   adversarial = jax.block_until_ready(result.adversarial)
   seconds = time.perf_counter() - start
-  rate = attacks.evaluate(clf, vote_key, images, adversarial, labels, targets,
-                          num_votes=int(attack.votes))
-  num_images = int(labels.size)
+  voted, adversarial_cost = vote(adversarial_key, adversarial, skip=~counted[attacked])
+  # Images not attacked are outside the denominator; they keep their label.
+  after = labels_np.copy()
+  after[attacked] = voted
+  rate = attacks.success_rate(clean, after, labels_np, targets, num_votes=votes)
+  num_images = int(labels_np.size)
   return {"targeted": targeted, "invariance": invariance, "clean_accuracy": clean_accuracy,
           "vote_accuracy": rate.denominator / num_images,
           "robust_accuracy": (rate.denominator - rate.successes) / num_images,
           "steps": result.steps, "eot": result.eot,
           "gradient_computations": result.gradient_computations, "eps": eps,
-          "loss": str(attack.loss), "attack_seconds": seconds, **rate.as_dict()}
+          "loss": str(attack.loss), "attack_seconds": seconds,
+          "attacked_images": int(attacked.size),
+          "vote_rule": "sequential" if sequential else "full",
+          **({"vote_error": float(attack.get("vote_error", 1e-3))} if sequential else {}),
+          "vote_forward_passes": clean_cost["vote_forward_passes"]
+          + adversarial_cost["vote_forward_passes"],
+          **rate.as_dict()}
 
 
 EPOCH_COLUMNS = ("defense", "strength", "model", "targeted", "epoch", "num_images",

@@ -245,6 +245,18 @@ class _Judge:
     return predictions, np.asarray(self.detector.flags(flag_key, images))
 
 
+def _counted_subset(config, judge: _Judge, correct: np.ndarray) -> np.ndarray | None:
+  """The images to attack under ``config.attack.counted_only``: those the
+  judge got right (padded, `_sweep.padded_subset`), or None for all.
+
+  A model with its own randomness (SAP) is attacked whole: its draws
+  depend on the rows it sees (`attacks.pgd_trajectory_results`' subset).
+  """
+  if not config.attack.get("counted_only", False) or judge.attack.stochastic_model:
+    return None
+  return _sweep.padded_subset(correct)
+
+
 def _attack_classifier(config, row: Row, logits_fn) -> StochasticClassifier:
   """The classifier the attack differentiates for `row` (its EOT draws)."""
   votes = _sources.vote_settings(config, logits_fn)
@@ -295,15 +307,18 @@ def run_rows(config, rows: list[Row], logits_fns, dataset, workdir: pathlib.Path
         clean[row.label] = judges[row.label](_sweep.named_key(root, f"clean/{row.label}"), images)
       judge = judges[row.label]
       clean_predictions, clean_flags = clean[row.label]
+      correct = clean_predictions == labels
+      subset = _counted_subset(config, judge, correct)
       start = time.perf_counter()
       attack_key, judge_key = jax.random.split(unit.key(root))
       results = attacks.pgd_trajectory_results(
           attack_key, judge.attack, images, dataset.labels, eps=eps, alpha=unit.alpha,
-          eot=unit.eot, checkpoints=checkpoints, eot_chunk_size=chunk)
+          eot=unit.eot, checkpoints=checkpoints, eot_chunk_size=chunk, subset=subset)
       attack_s = time.perf_counter() - start
-      correct = clean_predictions == labels
       for k, result in results.items():
         start = time.perf_counter()
+        # The whole batch is judged, uncounted images too: its draws then do
+        # not depend on `subset`, so neither do the rates.
         predictions, flagged = judge(jax.random.fold_in(judge_key, k), result.adversarial)
         # A flagged adversarial example is caught: it counts as no success.
         rate = attacks.success_rate(clean_predictions, np.where(flagged, labels, predictions),
@@ -318,6 +333,7 @@ def run_rows(config, rows: list[Row], logits_fns, dataset, workdir: pathlib.Path
             "flagged": int((correct & flagged).sum()),
             "clean_flagged": int(clean_flags.sum()),
             "nonfinite_images": int((np.asarray(result.nonfinite_step) >= 0).sum()),
+            "attacked_images": int(images.shape[0] if subset is None else len(subset)),
             "attack_seconds_whole_trajectory": round(attack_s, 3),
             "judge_seconds": round(time.perf_counter() - start, 3),
             **rate.as_dict(),

@@ -250,7 +250,14 @@ def finished_records(workdir: pathlib.Path, spec: SweepSpec) -> dict[str, list[d
 
 def vote(clf, key: jax.Array, images, spec: SweepSpec, skip: np.ndarray | None = None, *,
          split: int = 1) -> tuple[np.ndarray, dict]:
-  """Defended labels of `images` by the spec's vote, and what the vote cost.
+  """Defended labels of `images` by the spec's vote (`vote_labels` with its settings)."""
+  return vote_labels(clf, key, images, votes=spec.votes, sequential=spec.sequential_votes,
+                     error=spec.vote_error, skip=skip, split=split)
+
+
+def vote_labels(clf, key: jax.Array, images, *, votes: int, sequential: bool, error: float,
+                skip: np.ndarray | None = None, split: int = 1) -> tuple[np.ndarray, dict]:
+  """Defended labels of `images` by a full or a sequential vote, and what it cost.
 
   `skip` (bool (B,)) marks images whose label is not needed; a sequential
   vote spends nothing on them and labels them -1 (a full vote ignores it).
@@ -259,24 +266,29 @@ def vote(clf, key: jax.Array, images, spec: SweepSpec, skip: np.ndarray | None =
   vote runs the model on 1 / (`sequential_sub_batches` x split) of the batch
   at a time.
 
+  Args:
+    votes: draws per image (a sequential vote's most).
+    sequential: stop each image's vote once its label is decided at `error`
+      (`StochasticClassifier.predict_sequential`); False votes `votes` times.
+    error: error level of a sequential vote, in (0, 1).
+
   Returns:
     (labels int (B,), cost): cost holds ``vote_forward_passes`` (model
     evaluations actually computed for the batch) and ``vote_draws_mean``
     (draws counted per image, on average).
   """
   batch = int(images.shape[0])
-  if not spec.sequential_votes:
+  if not sequential:
     if split > 1:
-      drawn = classifier.draws_per_call(clf, spec.votes, batch)
+      drawn = classifier.draws_per_call(clf, votes, batch)
       clf = type(clf)(clf.logits_fn, clf.defense, stochastic_model=clf.stochastic_model,
                       vote_chunk_size=max(1, drawn // split),
                       vote_rows_per_call=clf.vote_rows_per_call)
-    labels = np.asarray(clf.predict(key, images, n=spec.votes))
-    return labels, {"vote_forward_passes": spec.votes * batch,
-                    "vote_draws_mean": float(spec.votes)}
-  chunk = classifier.draws_per_call(clf, min(SEQUENTIAL_LOOK_EVERY, spec.votes), batch)
+    labels = np.asarray(clf.predict(key, images, n=votes))
+    return labels, {"vote_forward_passes": votes * batch, "vote_draws_mean": float(votes)}
+  chunk = classifier.draws_per_call(clf, min(SEQUENTIAL_LOOK_EVERY, votes), batch)
   labels, draws, forward_passes = clf.predict_sequential(
-      key, images, spec.votes, chunk=chunk, error=spec.vote_error, skip=skip,
+      key, images, votes, chunk=chunk, error=error, skip=skip,
       sub_batches=sequential_sub_batches() * split)
   return np.asarray(labels), {"vote_forward_passes": int(forward_passes),
                               "vote_draws_mean": round(float(np.mean(draws)), 3)}
@@ -356,10 +368,16 @@ def counted_subset(spec: SweepSpec, clf, clean_labels, labels
   if not spec.counted_only or clf.stochastic_model:
     return None, None
   counted = np.asarray(clean_labels) == np.asarray(labels)
+  return padded_subset(counted), ~counted
+
+
+def padded_subset(counted: np.ndarray) -> np.ndarray:
+  """Sorted indices of the `counted` images (bool (B,)), padded with the first
+  others up to a multiple of `SUBSET_BUCKET` (at least one bucket, at most B)."""
   wanted = min(counted.size, max(SUBSET_BUCKET, -(-int(counted.sum()) // SUBSET_BUCKET)
                                  * SUBSET_BUCKET))
   order = np.argsort(~counted, kind="stable")  # counted images first
-  return np.sort(order[:wanted]), ~counted
+  return np.sort(order[:wanted])
 
 
 def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, labels,

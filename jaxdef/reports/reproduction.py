@@ -280,9 +280,10 @@ def kxm_section(config, workdir: pathlib.Path, figures: _Figures) -> list[str]:
       f"{sub.attack.eps_255:g}/255, k in {tuple(sub.attack.steps)}, m in "
       f"{tuple(sub.attack.eots)}, alpha in {tuple(sub.attack.alphas_255)}/255 (the paper's "
       f"{paper.KXM_ALPHAS_255} x {sub.attack.eps_255 / paper.EPS_255:g}, as eps), best alpha "
-      "per cell; the paper's grid is k up to 1,000 and m up to 20, scaled down to fit two CPU "
-      "cores. The finding predicts an EOT gain at an equal number of queries for smoothing "
-      "with sigma >= 0.5 and BaRT with kappa >= 4, and no significant gain below.", ""]
+      f"per cell, {_judge(sub.attack)}; the paper's grid is k up to 1,000 and m up to 20, "
+      "scaled down to fit two CPU cores. The finding predicts an EOT gain at an equal "
+      "number of queries for smoothing with sigma >= 0.5 and BaRT with kappa >= 4, and no "
+      "significant gain below.", ""]
   comparison_rows, alpha_rows = [], []
   for name in parts:
     records = cell_records(workdir / name)
@@ -356,6 +357,15 @@ def _figure7_row(records: list[dict], defense: str, targeted) -> dict | None:
           "verdict": verdict}
 
 
+def _judge(attack) -> str:
+  """How a part judges success, from its attack settings: '100-vote judge (sequential, ...)'."""
+  rule = (f" (sequential: each image stops once its label is decided at error "
+          f"{attack.get('vote_error', 1e-3):g})" if attack.get("sequential_votes", False) else "")
+  counted = ("; only the images the clean vote got right are attacked"
+             if attack.get("counted_only", False) else "")
+  return f"{attack.votes}-vote judge{rule}{counted}"
+
+
 def _invariance_rows(part_dir: pathlib.Path) -> list[dict]:
   records = cell_records(part_dir)
   rows = []
@@ -419,7 +429,7 @@ def invariance_section(config, workdir: pathlib.Path, figures: _Figures) -> list
     outcome[name] = rows
     lines += [f"**{name}**: {sub.invariance.parameter} sweep, {sub.data.num_images} fixed "
               f"images, APGD-{sub.attack.steps} ({sub.attack.loss} loss, no EOT), eps = "
-              f"{sub.attack.eps_255:g}/255, {sub.attack.votes}-vote judge; before: the base "
+              f"{sub.attack.eps_255:g}/255, {_judge(sub.attack)}; before: the base "
               f"model; after: its copy fine-tuned on that strength.", "",
               tables.markdown(rows, INVARIANCE_COLUMNS), ""]
     epochs = _epoch_rows(workdir / name)
@@ -490,7 +500,7 @@ def tables34_section(config, workdir: pathlib.Path, figures: _Figures) -> list[s
             f"fine-tuned on each sigma, targeted PGD-{sub.attack.steps[0]}, alpha = "
             f"{sub.attack.alphas_255[0]:g}/255 at eps = {sub.attack.eps_255:g}/255 (scaled as "
             f"eps), EOT m = {sub.attack.eots[0]}, target: the last class (9), "
-            f"{sub.attack.votes}-vote judge (sequential). Benign accuracy: the vote's accuracy "
+            f"{_judge(sub.attack)}. Benign accuracy: the vote's accuracy "
             "on the clean images (the success rate's denominator over all images).", ""]
   rows = []
   for name in parts:
