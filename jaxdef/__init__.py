@@ -7,6 +7,7 @@ start with an underscore are internal.
 """
 
 from jaxdef import attacks
+from jaxdef import auditing
 from jaxdef import checks
 from jaxdef import data
 from jaxdef import defenses
@@ -16,14 +17,19 @@ from jaxdef import sharding
 from jaxdef import theory
 from jaxdef import train
 from jaxdef import transforms
+from jaxdef.auditing import AuditReport
+from jaxdef.auditing import audit
 from jaxdef.classifier import StochasticClassifier
 from jaxdef.defenses import bpda
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "AuditReport",
     "StochasticClassifier",
     "attacks",
+    "audit",
+    "auditing",
     "bpda",
     "checks",
     "data",

@@ -34,6 +34,24 @@ def _imagenet_stand_ins(root: pathlib.Path) -> None:
       Image.fromarray(pixels).save(folder / f"ILSVRC2012_val_{i}.JPEG")
 
 
+def _small_audit(code: str, root: pathlib.Path) -> str:
+  """The audit example on a stand-in for the main job's model, 8 images, a tiny budget."""
+  import jax
+
+  import jaxdef as jd
+
+  path = "runs/models/fashion_small_resnet_w8-16-32_e3_b256_lr0.003/best.msgpack"
+  assert path in code
+  _, variables = jd.models.small_resnet(10, key=jax.random.key(0), widths=(8, 16, 32))
+  jd.models.save_variables(root / "model.msgpack", variables)
+  tiny = ('jd.auditing.Budget("tiny", queries=4, eots=(1, 2), alpha_fractions=(0.25,), '
+          'votes=3, draws=3)')
+  return (code.replace(path, str(root / "model.msgpack"))
+          .replace("images[:100], labels[:100]", "images[:8], labels[:8]")
+          .replace('budget="quick"', f"budget={tiny}")
+          .replace('"runs/audit_example"', repr(str(root / "audit"))))
+
+
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index, capsys, tmp_path, monkeypatch):
   code = BLOCKS[index]
@@ -42,10 +60,17 @@ def test_readme_example_runs(index, capsys, tmp_path, monkeypatch):
     code = (code.replace("/data/imagenet/val", str(tmp_path / "val"))
             .replace("size=1000", "size=3").replace("num_workers=8", "num_workers=2"))
     monkeypatch.chdir(tmp_path)
+  if "jd.audit(" in code:
+    code = _small_audit(code, tmp_path)
   namespace = {}
   exec(compile(code, f"README.md python block {index}", "exec"), namespace)
   printed = capsys.readouterr().out
   if "jd.attacks.evaluate" in code:
     assert "gradient computations per image" in printed and "500 votes" in printed
+  if "jd.audit(" in code:
+    from jaxdef.reports import tables
+
+    assert printed.startswith("# Audit of my_defense()") and "## Verdicts" in printed
+    assert tables.unqualified_rates(printed) == []
   if "resnet50.pth" in code:
     assert 0 <= namespace["correct"] <= 3 and (tmp_path / "resnet50.msgpack").is_file()

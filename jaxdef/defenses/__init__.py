@@ -17,6 +17,7 @@ from jaxdef.defenses._core import from_transform
 from jaxdef.defenses._core import get
 from jaxdef.defenses._core import register
 from jaxdef.defenses._core import sample
+from jaxdef.defenses._factory import from_factory
 from jaxdef.defenses._library import BART_TRANSFORMS
 from jaxdef.defenses._library import bart
 from jaxdef.defenses._library import bart_order
@@ -43,6 +44,7 @@ __all__ = (
     "compile_sample",
     "compose",
     "fft_perturbation",
+    "from_factory",
     "from_transform",
     "gaussian_blur",
     "get",

@@ -6,6 +6,7 @@ import os
 
 from jaxdef.experiments import _records
 from jaxdef.experiments import _schema
+from jaxdef.experiments._audit import run_audit
 from jaxdef.experiments._default import run_default
 from jaxdef.experiments._dry_run import describe
 from jaxdef.experiments._finetune import run_finetune
@@ -18,6 +19,7 @@ from jaxdef.experiments._theory import run_theory
 from jaxdef.experiments._workdir_lock import WorkdirLock
 
 EXPERIMENTS = {
+    "audit": run_audit,
     "default": run_default,
     "finetune": run_finetune,
     "invariance_bart": run_invariance,
@@ -59,6 +61,10 @@ def dry_run(config) -> dict:
     from jaxdef.experiments import _reproduce
 
     return _reproduce.describe(config)
+  if name == "audit":
+    from jaxdef.experiments import _audit
+
+    return _audit.describe(config)
   return describe(config)
 
 

@@ -53,6 +53,11 @@ SCHEMA: dict[str, dict[str | None, frozenset]] = {
                                                    "random_start", "votes", "vote_chunk_size",
                                                    "vote_rows_per_call",
                                                    "eot_chunk_size"})},
+    "audit": {None: frozenset({"defense", "audit"}),
+              "attack": frozenset({"eps_255", "eps_l2", "norm", "eot_chunk_size",
+                                   "vote_chunk_size", "vote_rows_per_call"}),
+              "defense": frozenset({"name", "factory", "params"}),
+              "audit": frozenset({"budget", "targeted"})},
     "reproduce": {None: frozenset({"parts", "order", "report"}),
                   "report": frozenset({"path", "figures_dir", "gradients_per_second"})},
 }

@@ -13,7 +13,9 @@ Config sections read here:
     `kwta_ratio` (`jaxdef.models`); a SAP model is random, so its logits
     function is keyed and its classifiers are built with
     ``stochastic_model=True``.
-  defenses: label -> {name, **params} of the defense registry.
+  defenses: label -> {name, **params} of the defense registry, or {factory,
+    **params} for a user's defense ("package.module:function" returning a
+    callable (key, images) -> images).
 """
 
 from __future__ import annotations
@@ -48,16 +50,30 @@ class EvalData:
 
 def build_defenses(config_defenses) -> dict[str, defenses_lib.Defense]:
   """Builds the defenses of a config's ``defenses`` section (label -> entry)."""
-  built = {}
-  for label, entry in config_defenses.items():
-    params = dict(entry)
-    name = params.pop("name", None)
-    if name is None:
-      raise ValueError(f"config.defenses.{label} needs a 'name' (one of "
-                       f"{', '.join(defenses_lib.available())})")
-    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-    built[label] = defenses_lib.get(name, **params)
-  return built
+  return {label: build_defense(entry, f"config.defenses.{label}")
+          for label, entry in config_defenses.items()}
+
+
+def build_defense(entry, where: str) -> defenses_lib.Defense:
+  """One defense entry: {name, **params} of the registry, or {factory, **params}
+  with ``factory = "package.module:function"`` (a user's defense).
+
+  Args:
+    entry: the mapping.
+    where: the entry's place in the config, for error messages.
+  """
+  params = dict(entry)
+  name, factory = params.pop("name", None), params.pop("factory", None)
+  params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+  if factory:
+    try:
+      return defenses_lib.from_factory(factory, **params)
+    except (ValueError, TypeError) as error:
+      raise type(error)(f"{where}.factory: {error}") from None
+  if name is None:
+    raise ValueError(f"{where} needs a 'name' (one of {', '.join(defenses_lib.available())}) "
+                     "or a 'factory' ('package.module:function')")
+  return defenses_lib.get(name, **params)
 
 
 def classifiers(config, logits_fns: dict[str, Any], defenses: dict[str, Any]

@@ -251,3 +251,55 @@ def theory_curves_votes(rows, path, title: str) -> pathlib.Path:
   """
   return _theory_figure(rows, path, title, "num_votes",
                         "votes (majority of independent draws of theta)")
+
+
+def _interval_errors(records) -> tuple[np.ndarray, np.ndarray]:
+  """(heights, error bars) in percent of rate records; an empty denominator draws 0."""
+  rates = np.array([r["rate"] if r["denominator"] else np.nan for r in records], float)
+  finite = np.isfinite(rates)
+  low = np.array([r["ci_low"] for r in records], float)
+  high = np.array([r["ci_high"] for r in records], float)
+  heights = np.where(finite, 100 * rates, 0.0)
+  errors = np.where(finite, 100 * np.stack([rates - low, high - rates]), 0.0)
+  return heights, errors
+
+
+def audit_runs(runs, path, title: str) -> pathlib.Path:
+  """Horizontal bars: each audit run's attack success with its 95% interval.
+
+  Args:
+    runs: run records with "label", "m", "rate", "ci_low", "ci_high",
+      "denominator" (the audit's order: without EOT first).
+  """
+  heights, errors = _interval_errors(runs)
+  figure, axis = plt.subplots(figsize=(6.4, 0.9 + 0.32 * len(runs)))
+  colors = ["tab:blue" if r["m"] == 1 else "tab:orange" for r in runs]
+  y = np.arange(len(runs))[::-1]
+  axis.barh(y, heights, xerr=errors, color=colors, capsize=3)
+  axis.set_yticks(y, [r["label"] for r in runs], fontsize=7)
+  axis.set_xlim(0, 105)
+  axis.set_xlabel("attack success over initially correct images (%)")
+  axis.grid(axis="x", alpha=0.3)
+  axis.set_title(title + "\nblue: no EOT, orange: EOT at the same number of queries",
+                 fontsize=8)
+  return save(figure, path)
+
+
+def audit_eot(cells, path, title: str) -> pathlib.Path:
+  """Attack success of the best step size per EOT draws m, at k x m fixed.
+
+  Args:
+    cells: one record per m with "m", "k", "rate", "ci_low", "ci_high",
+      "denominator".
+  """
+  heights, errors = _interval_errors(cells)
+  figure, axis = plt.subplots(figsize=(4.6, 3.2))
+  axis.errorbar([c["m"] for c in cells], heights, yerr=errors, marker="o", capsize=3)
+  axis.set_xscale("log")
+  axis.set_xticks([c["m"] for c in cells], [f"m={c['m']}\nk={c['k']}" for c in cells],
+                  fontsize=7)
+  axis.set_ylim(0, 105)
+  axis.set_ylabel("attack success (%), best step size")
+  axis.grid(alpha=0.3)
+  axis.set_title(title, fontsize=8)
+  return save(figure, path)

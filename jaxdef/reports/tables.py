@@ -40,8 +40,9 @@ def rate_with_interval(record: dict[str, Any]) -> str:
 
   The denominator (initially correct images), the exact Clopper-Pearson
   interval, the votes behind each prediction ("<= n" for a sequential vote,
-  which stops early per image) and the gradient computations per image of
-  the attack; the last two when the record holds them.
+  which stops early per image; "n draws" for a rate over single draws) and
+  the gradient computations per image of the attack; the last two when the
+  record holds them.
   """
   if not record["denominator"]:
     text = "n/a (0/0 initially correct"
@@ -51,7 +52,8 @@ def rate_with_interval(record: dict[str, Any]) -> str:
   cost = []
   if record.get("num_votes") is not None:
     sequential = record.get("vote_rule") == "sequential"
-    cost.append(f"{'<=' if sequential else ''}{record['num_votes']} votes")
+    unit = "draws" if record.get("vote_rule") == "draws" else "votes"
+    cost.append(f"{'<=' if sequential else ''}{record['num_votes']} {unit}")
   if record.get("gradient_computations") is not None:
     cost.append(f"{record['gradient_computations']} gradients")
   return text + ("; " + ", ".join(cost) if cost else "") + ")"
@@ -60,7 +62,7 @@ def rate_with_interval(record: dict[str, Any]) -> str:
 # A success rate as `rate_with_interval` writes it, and anything that looks like
 # the start of one ("62% (5/8"), to find rates printed without their context.
 RATE_PATTERN = (r"(?:\d+% \(\d+/\d+, 95% CI \d+-\d+%|n/a \(0/0 initially correct)"
-                r"; (?:<=)?\d+ votes, \d+ gradients\)")
+                r"; (?:<=)?\d+ (?:votes|draws), \d+ gradients\)")
 RATE_START_PATTERN = r"\d+% \(\d+/\d+|n/a \(0/0"
 
 
