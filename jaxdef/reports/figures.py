@@ -296,6 +296,7 @@ def audit_eot(cells, path, title: str) -> pathlib.Path:
   figure, axis = plt.subplots(figsize=(4.6, 3.2))
   axis.errorbar([c["m"] for c in cells], heights, yerr=errors, marker="o", capsize=3)
   axis.set_xscale("log")
+  axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
   axis.set_xticks([c["m"] for c in cells], [f"m={c['m']}\nk={c['k']}" for c in cells],
                   fontsize=7)
   axis.set_ylim(0, 105)
