@@ -25,7 +25,7 @@ def test_unknown_variant_and_experiment_are_named(tmp_path):
     default_config.get_config("huge")
   config = default_config.get_config("tiny")
   config.experiment = "nope"
-  with pytest.raises(ValueError, match="config.experiment must be one of default"):
+  with pytest.raises(ValueError, match="config.experiment must be one of audit, default"):
     experiments.run(config, tmp_path)
 
 
