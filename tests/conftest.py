@@ -22,6 +22,13 @@ os.environ.setdefault(compile_cache.ENV, tempfile.mkdtemp(prefix="jaxdef-test-xl
 compile_cache.enable()
 
 
+@pytest.fixture(autouse=True)
+def _release_compiled_programs_near_the_mapping_cap():
+  """A worker runs hundreds of tests in one process; see compile_cache.release_if_crowded."""
+  yield
+  compile_cache.release_if_crowded()
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainedModel:
   logits_fn: object  # images (B, 28, 28, 1) in [0, 1] -> logits (B, 10)

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from jaxdef import compile_cache
@@ -58,3 +59,22 @@ def test_off_and_bad_folders(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="is not writable"):
       compile_cache.enable(locked)
   assert jax.config.jax_compilation_cache_dir == before
+
+
+@pytest.mark.skipif(compile_cache.memory_mappings() is None, reason="no /proc mapping counts")
+def test_release_drops_the_kernels_mappings():
+  def compile_some():
+    for width in range(20, 40):
+      program = jax.jit(lambda x: jnp.tanh(x @ x.T).sum(0) * jnp.sin(x).mean())
+      program(jnp.ones((8, width))).block_until_ready()
+
+  assert not compile_cache.release_if_crowded(fraction=1.0)  # far below the cap
+  compile_cache.release()
+  base, limit = compile_cache.memory_mappings()
+  assert limit > base > 0
+  compile_some()
+  crowded, _ = compile_cache.memory_mappings()
+  assert crowded > base + 20  # each compiled program maps its own areas
+  assert compile_cache.release_if_crowded(fraction=0.0)
+  released, _ = compile_cache.memory_mappings()
+  assert released < crowded - 20

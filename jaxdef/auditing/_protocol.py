@@ -29,6 +29,7 @@ from jaxdef import _validate
 from jaxdef import attacks
 from jaxdef import checks
 from jaxdef import classifier as classifier_lib
+from jaxdef import compile_cache
 from jaxdef.attacks import _common
 from jaxdef.attacks import _pgd
 from jaxdef.auditing import _stats
@@ -132,6 +133,7 @@ class _Store:
     self.records[name] = record
     if self.root is not None:
       _files.write_json(self.root / "records" / f"{name}.json", record)
+    compile_cache.release_if_crowded()
     return record
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxdef import StochasticClassifier
 from jaxdef import attacks
+from jaxdef import compile_cache
 from jaxdef import models
 from jaxdef.experiments import _records
 from jaxdef.experiments import _sanity
@@ -288,6 +289,7 @@ def track_epochs(config, workdir: pathlib.Path, dataset, defenses: dict,
               **measure_cell(clf, mode_key(key, targeted), dataset.images, dataset.labels,
                              config.attack, dataset.targets if targeted else None)}
           _records.write_json(paths[epoch, targeted], cells[epoch, targeted])
+          compile_cache.release_if_crowded()
     for targeted in modes(config):
       tracked.append({**before[defense_label, targeted], "model": model_label, "epoch": 0})
       tracked += [cells[e, targeted] for e in epochs]
@@ -366,6 +368,7 @@ def run_invariance(config, workdir: pathlib.Path) -> dict:
                     **measure_cell(clf, mode_key(key, targeted), dataset.images, dataset.labels,
                                    config.attack, dataset.targets if targeted else None)}
           _records.write_json(path, record)
+          compile_cache.release_if_crowded()
         records.append(record)
   _records.write_atomic(workdir / "results.csv", tables.csv(records, CSV_COLUMNS))
   tracked = (track_epochs(config, workdir, dataset, defenses, records)

@@ -50,6 +50,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdef import attacks
+from jaxdef import compile_cache
 from jaxdef import data
 from jaxdef import defenses as defenses_lib
 from jaxdef import detection
@@ -339,6 +340,7 @@ def run_rows(config, rows: list[Row], logits_fns, dataset, workdir: pathlib.Path
             **rate.as_dict(),
         }
         _records.write_json(_sweep.cell_path(workdir, unit, k), record)
+        compile_cache.release_if_crowded()
       done[unit.name] = _sweep.unit_records(workdir, unit, checkpoints)
       bar.update(1)
       if on_unit is not None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import ml_collections
 
+from jaxdef import compile_cache
 from jaxdef.experiments import _records
 
 # Top-level fields a part takes from the reproduce config, so that one
@@ -131,6 +132,7 @@ def run_reproduce(config, workdir: pathlib.Path) -> dict:
                       "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     _records.write_json(workdir / PARTS_FILE, finished)
     print(f"[reproduce] {name} done in {seconds / 60:.1f} min", flush=True)
+    compile_cache.release()  # parts share no programs; their kernels would crowd the process
   report = reproduction.write(config, workdir)
   return {"parts": finished, "report": str(report)}
 

@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from jaxdef import attacks
 from jaxdef import classifier
+from jaxdef import compile_cache
 from jaxdef.attacks import _eot
 from jaxdef.attacks import _pgd
 from jaxdef.experiments import _claims
@@ -503,6 +504,7 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
             **rate.as_dict(),
         }
         _records.write_json(cell_path(workdir, unit, k), record)
+        compile_cache.release_if_crowded()
       count([unit])
       if on_unit is not None:
         on_unit(unit)
