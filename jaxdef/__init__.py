@@ -12,6 +12,7 @@ from jaxdef import checks
 from jaxdef import data
 from jaxdef import defenses
 from jaxdef import detection
+from jaxdef import distortion
 from jaxdef import models
 from jaxdef import sharding
 from jaxdef import theory
@@ -35,6 +36,7 @@ __all__ = (
     "data",
     "defenses",
     "detection",
+    "distortion",
     "models",
     "sharding",
     "theory",

@@ -87,6 +87,7 @@ from ml_collections import config_flags
 
 from jaxdef.bench import _harness
 from jaxdef.experiments._workdir_lock import WorkdirLock
+from launch import _cli
 
 _DEFAULTS = _harness.Options()
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py")
@@ -127,8 +128,9 @@ _FLOPS = flags.DEFINE_enum("flops", _DEFAULTS.flops, _harness.FLOPS_MODES,
 _STUDY = flags.DEFINE_bool("study", True, "Run the whole-study comparison.")
 _STUDY_IMAGES = flags.DEFINE_integer("study_images", _DEFAULTS.study_images,
                                      "Images of the whole study (first N of the default's).")
-_STUDY_CONFIG = config_flags.DEFINE_config_file(
-    "study_config", _DEFAULT_CONFIG, "The sweep of the whole study (the embedded default).")
+with _cli.user_errors():  # reads the config file and applies --study_config.<field> overrides
+  _STUDY_CONFIG = config_flags.DEFINE_config_file(
+      "study_config", _DEFAULT_CONFIG, "The sweep of the whole study (the embedded default).")
 _STUDY_WORKDIR = flags.DEFINE_string("study_workdir", "",
                                      "A finished default run whose trained models to use.")
 _STUDY_TORCH = flags.DEFINE_enum("study_torch", _DEFAULTS.study_torch,
@@ -189,12 +191,14 @@ def main(argv):
         bart_rates_kappas=_integers("bart_rates_kappas", _BART_RATES_KAPPAS.value, "1,6"))
   except ValueError as error:
     raise app.UsageError(str(error)) from None
+  _cli.writable_folder("--workdir", _WORKDIR.value)
+  study_config = _cli.loaded_config(_STUDY_CONFIG)
   with WorkdirLock(_WORKDIR.value):  # one benchmark per workdir (bench.json, study_sweep/)
-    result = _harness.run(options, _WORKDIR.value, study_config=_STUDY_CONFIG.value,
+    result = _harness.run(options, _WORKDIR.value, study_config=study_config,
                           command=" ".join(["python -m launch.bench", *sys.argv[1:]]))
   print(open(f"{_WORKDIR.value}/bench.md").read())
   return 0 if result else 1
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

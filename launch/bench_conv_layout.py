@@ -25,6 +25,7 @@ from jax import lax
 
 import jaxdef as jd
 from jaxdef.models import _resnet
+from launch import _cli
 
 BATCH, EOT, STEPS = 64, 10, 5
 
@@ -46,7 +47,9 @@ def _throughput(widths) -> float:
   return BATCH * EOT * STEPS / float(np.median(times))
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])} (this benchmark takes none)")
   results = {}
   for widths in ((8, 16, 32), (16, 32, 64)):
     name = "-".join(map(str, widths))
@@ -61,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  _cli.run(main)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from jaxdef import models
 from jaxdef.models import _activations
+from launch import _cli
 
 BATCH, CALLS, RATIO = 256, 5, 0.1
 
@@ -44,7 +45,9 @@ def _throughput(activation: str) -> float:
   return CALLS * BATCH / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])} (this benchmark takes none)")
   rates = {"kwta (bisection)": _throughput("kwta"), "relu": _throughput("relu")}
   bisection = _activations.kwta
   _activations.kwta = _top_k_kwta  # the module global the models call
@@ -56,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  _cli.run(main)

@@ -22,9 +22,11 @@ from ml_collections import config_flags
 from jaxdef import compile_cache
 from jaxdef import experiments
 from jaxdef import sharding
+from launch import _cli
 
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.")
+with _cli.user_errors():  # reads the config file and applies --config.<field> overrides
+  _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<experiment>).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Resolve the config, name its data and model "
                              "loaders and print the cost estimate; compute nothing.")
@@ -64,14 +66,14 @@ def main(argv: list[str]) -> None:
     compile_cache.enable(_COMPILATION_CACHE.value)
   except (ValueError, TypeError) as error:
     raise app.UsageError(str(error)) from None
-  config = _CONFIG.value
+  config = _cli.loaded_config(_CONFIG)
   if _DRY_RUN.value:
     print(config)
     print(json.dumps(experiments.dry_run(config), indent=2))
     return
-  workdir = _WORKDIR.value or f"runs/{config.experiment}"
+  workdir = _cli.writable_folder("--workdir", _WORKDIR.value or f"runs/{config.experiment}")
   experiments.run(config, workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

@@ -29,6 +29,7 @@ import jaxdef as jd
 from jaxdef import train
 from jaxdef.experiments import _records
 from jaxdef.experiments._workdir_lock import WorkdirLock
+from launch import _cli
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/models", "Folder of the models and the record.")
 _EPOCHS = flags.DEFINE_integer("epochs", 8, "Epochs of the clean base model.")
@@ -111,6 +112,7 @@ def run(workdir: str | pathlib.Path, *, epochs: int = 8, finetune_epochs: int = 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  _cli.writable_folder("--workdir", _WORKDIR.value)
   with WorkdirLock(_WORKDIR.value):  # two trainings must not interleave checkpoints
     run(_WORKDIR.value, epochs=_EPOCHS.value, finetune_epochs=_FINETUNE_EPOCHS.value,
         finetune_learning_rate=_FINETUNE_LR.value, sigma=_SIGMA.value, votes=_VOTES.value,
@@ -118,4 +120,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

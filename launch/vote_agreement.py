@@ -20,9 +20,11 @@ from ml_collections import config_flags
 
 from jaxdef.experiments import _vote_agreement
 from jaxdef.experiments._workdir_lock import WorkdirLock
+from launch import _cli
 
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Sweep config file.")
+with _cli.user_errors():  # reads the config file and applies --config.<field> overrides
+  _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Sweep config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "The run's workdir.")
 _VOTES = flags.DEFINE_list("votes", ["50", "500"], "Numbers of draws n to compare at.")
 _ERROR = flags.DEFINE_float("error", 1e-3, "Error level of the sequential vote.")
@@ -39,15 +41,16 @@ def main(argv: list[str]) -> None:
     votes = [int(n) for n in _VOTES.value]
   except ValueError:
     raise app.UsageError(f"--votes must be integers, got {_VOTES.value}") from None
+  config = _cli.loaded_config(_CONFIG)
+  workdir = pathlib.Path(_cli.writable_folder("--workdir", _WORKDIR.value))
   # Writes into the run's workdir: not while that run (or another
   # measurement) is still going.
-  with WorkdirLock(_WORKDIR.value):
+  with WorkdirLock(workdir):
     result = _vote_agreement.measure(
-        _CONFIG.value, pathlib.Path(_WORKDIR.value), votes=votes, error=_ERROR.value,
-        chunk=_CHUNK.value, steps=_STEPS.value, baseline=_BASELINE.value,
-        progress=_CONFIG.value.get("progress", True))
+        config, workdir, votes=votes, error=_ERROR.value, chunk=_CHUNK.value,
+        steps=_STEPS.value, baseline=_BASELINE.value, progress=config.get("progress", True))
   print(result["markdown"])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

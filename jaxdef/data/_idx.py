@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import pathlib
 import struct
@@ -103,6 +104,18 @@ def load_fashion_mnist(split: str = "test", data_dir: str | None = None, *,
 
 
 def _load_with_tfds(split: str, tfds_data_dir, download: bool):
+  # tensorflow-datasets logs a warning for every folder it probes; when it
+  # fails, its error is part of the caller's message, so the log is noise.
+  tfds_log = logging.getLogger("absl")
+  level = tfds_log.level
+  tfds_log.setLevel(logging.ERROR)
+  try:
+    return _tfds_arrays(split, tfds_data_dir, download)
+  finally:
+    tfds_log.setLevel(level)
+
+
+def _tfds_arrays(split: str, tfds_data_dir, download: bool):
   from jaxdef.data import _tfds  # Lazy: imports tensorflow-datasets.
 
   try:

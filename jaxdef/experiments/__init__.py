@@ -16,6 +16,7 @@ from jaxdef.experiments._lack_of_randomness import run_lack_of_randomness
 from jaxdef.experiments._pictures import run_pictures
 from jaxdef.experiments._reproduce import run_reproduce
 from jaxdef.experiments._theory import run_theory
+from jaxdef.experiments._workdir_lock import WorkdirInUseError
 from jaxdef.experiments._workdir_lock import WorkdirLock
 
 EXPERIMENTS = {
@@ -68,4 +69,4 @@ def dry_run(config) -> dict:
   return describe(config)
 
 
-__all__ = ("dry_run", "run")
+__all__ = ("WorkdirInUseError", "dry_run", "run")

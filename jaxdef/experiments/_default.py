@@ -30,6 +30,7 @@ from jaxdef.reports import figures
 from jaxdef.reports import tables
 
 SURVEY_COLUMNS = [("label", "defense"), ("mean_abs_change", "mean abs change"),
+                  ("psnr_db", "PSNR dB"), ("ssim", "SSIM"),
                   ("std_across_draws", "std across draws"), ("draws_per_second", "draws/s")]
 
 

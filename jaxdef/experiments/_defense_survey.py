@@ -2,7 +2,8 @@
 
 For every configured defense it draws `num_samples` defended copies of each
 evaluation image in one compiled, vmapped call, and reports how far the
-draws move the image and how much they vary between draws (a defense that
+draws move the image (mean |change|, PSNR and SSIM: `jaxdef.distortion`) and how
+much they vary between draws (a defense that
 barely varies gives EOT nothing to average). Attacks join in later parts.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdef import defenses as defenses_lib
+from jaxdef import distortion
 
 
 def survey(defenses: dict[str, defenses_lib.Defense], key: jax.Array, images: jax.Array,
@@ -45,7 +47,8 @@ def survey(defenses: dict[str, defenses_lib.Defense], key: jax.Array, images: ja
     samples = jax.block_until_ready(compiled(draw_key, images))
     run_s = time.perf_counter() - start
     same_shape = samples.shape[2:] == images.shape[1:]
-    distortion = float(jnp.mean(jnp.abs(samples - images[None]))) if same_shape else None
+    moved = (distortion.summary(images, samples) if same_shape  # PSNR, SSIM from dm-pix
+             else {"mean_abs_change": None, "psnr_db": None, "ssim": None})
     spread = float(jnp.mean(jnp.std(samples, axis=0)))
     records.append({
         "label": label,
@@ -53,7 +56,7 @@ def survey(defenses: dict[str, defenses_lib.Defense], key: jax.Array, images: ja
         "num_images": int(images.shape[0]),
         "num_samples": int(num_samples),
         "output_shape": list(samples.shape[2:]),
-        "mean_abs_change": distortion,
+        **moved,
         "std_across_draws": spread,
         "draws_per_second": num_samples * images.shape[0] / run_s,
         "compile_s": compile_s,

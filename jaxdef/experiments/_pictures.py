@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxdef import StochasticClassifier
 from jaxdef import attacks
+from jaxdef import distortion
 from jaxdef.experiments import _records
 from jaxdef.experiments import _sanity
 from jaxdef.experiments import _sources
@@ -29,7 +30,8 @@ from jaxdef.reports import tables
 SUMMARY_COLUMNS = (("model", "model"), ("defense", "defense"), ("k", "PGD steps k"),
                    ("m", "EOT m"), ("gradient_computations", "k x m"),
                    ("success", "attack success"), ("mean_abs_delta_over_eps", "mean |delta|/eps"),
-                   ("saturated_fraction", "pixels at +-eps"),
+                   ("saturated_fraction", "pixels at +-eps"), ("psnr_db", "PSNR dB"),
+                   ("ssim", "SSIM"),
                    ("total_variation_over_eps", "TV(delta)/eps per pixel"))
 
 
@@ -142,7 +144,10 @@ def run_pictures(config, workdir: pathlib.Path) -> dict:
       record = {"model": model, "defense": defense_label, "k": k, "m": m, "eps": eps,
                 "alpha": alpha, "gradient_computations": result.gradient_computations,
                 "max_abs_delta": float(jnp.max(jnp.abs(delta))),
-                **perturbation_stats(delta, eps), **rate.as_dict()}
+                **perturbation_stats(delta, eps),
+                "psnr_db": distortion.psnr_db(dataset.images, result.adversarial),
+                "ssim": distortion.mean_ssim(dataset.images, result.adversarial),
+                **rate.as_dict()}
       record["success"] = tables.rate_with_interval(record)
       records.append(record)
       adversarial[f"k={k}, m={m}"] = np.asarray(result.adversarial[:num_pictures])

@@ -36,12 +36,15 @@ def _describe(owner: dict) -> str:
           f"({owner.get('command') or 'unknown command'})")
 
 
+class WorkdirInUseError(RuntimeError):
+  """Another live process holds the workdir (the message names it, and what to do)."""
+
+
 class WorkdirLock:
   """Exclusive use of `workdir` by this process, as a context manager.
 
   Raises (on entry):
-    RuntimeError: another live process holds the workdir (the message names
-      it, and what to do).
+    WorkdirInUseError: another live process holds the workdir.
   """
 
   def __init__(self, workdir: str | os.PathLike):
@@ -66,7 +69,7 @@ class WorkdirLock:
         json.dump(owner, f)
       self.held = True
       return self
-    raise RuntimeError(f"could not lock workdir {self.workdir}: {self.path} keeps reappearing "
+    raise WorkdirInUseError(f"could not lock workdir {self.workdir}: {self.path} keeps reappearing "
                        "(several processes starting on it at once?)")
 
   def _take_over_if_stale(self) -> None:
@@ -79,7 +82,7 @@ class WorkdirLock:
     alive = (owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int)
              or _pid_alive(owner["pid"]))
     if owner and alive:
-      raise RuntimeError(
+      raise WorkdirInUseError(
           f"workdir {self.workdir} is in use by {_describe(owner)}: two runs on one workdir "
           f"would interleave their records. Wait for that run to finish, pass another "
           f"--workdir, or, if that process is gone (another host's lock is never presumed "

@@ -542,13 +542,16 @@ def pictures_section(config, workdir: pathlib.Path, figures: _Figures,
   records = _json(path)
   rows = [dict(r, setting=f"k={r['k']} x m={r['m']}", success_text=verdicts.percent(r),
                mean_delta=f"{r['mean_abs_delta_over_eps']:.2f}",
-               saturated=f"{100 * r['saturated_fraction']:.0f}%") for r in records]
+               saturated=f"{100 * r['saturated_fraction']:.0f}%",
+               psnr="-" if r.get("psnr_db") is None else f"{r['psnr_db']:.1f}",
+               ssim="-" if r.get("ssim") is None else f"{r['ssim']:.3f}") for r in records]
   lines = ["Adversarial perturbations at an equal budget of gradient queries, with and without "
            "EOT, shown as delta / (2 eps) + 0.5 (gray: no change).", "",
            tables.markdown(rows, [("model", "model"), ("defense", "defense"),
                                   ("setting", "setting"), ("success_text", "success"),
                                   ("mean_delta", "mean abs(delta) / eps"),
-                                  ("saturated", "pixels at +-eps")]), ""]
+                                  ("saturated", "pixels at +-eps"), ("psnr", "PSNR dB"),
+                                  ("ssim", "SSIM")]), ""]
   for record in {(r["model"], r["defense"]) for r in records}:
     link = figures.link(part, f"perturbations__{record[0]}__{record[1]}",
                         f"perturbations, {record[0]} behind {record[1]}")
