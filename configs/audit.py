@@ -22,7 +22,7 @@ in audit/ make a rerun resume.
 
 Variants: fashion (default: the default run's small ResNet behind
 randomized smoothing, sigma = 0.25, 100 test images, the quick budget);
-tiny (a toy model and 8 images, for tests).
+tiny (a toy model, 8 images and the smoke budget, for tests).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "params": '{"sigma": 0.25}',  # JSON object of keyword parameters
   })
   config.audit = ml_collections.ConfigDict({
-      "budget": "quick",  # quick | standard | thorough (jaxdef.auditing.BUDGETS)
+      "budget": "quick",  # quick | standard | thorough | smoke (jaxdef.auditing.BUDGETS)
       # True: every image aims at config.data.target_label (-1: the last class).
       "targeted": False,
   })
@@ -64,4 +64,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == "tiny":
     config.data.num_images = 8
     config.models.model.update(widths=(4, 8), epochs=1, train_images=2048)
+    config.audit.budget = "smoke"
   return config

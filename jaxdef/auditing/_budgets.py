@@ -16,7 +16,7 @@ class Budget:
   last against the first is the paper's: EOT at an equal number of queries.
 
   Attributes:
-    name: "quick" | "standard" | "thorough".
+    name: "quick" | "standard" | "thorough" | "smoke".
     queries: gradient computations per image of each attack run, >= 1.
     eots: EOT draws m per step of the PGD runs; 1 is PGD without EOT.
     alpha_fractions: PGD step sizes as fractions of eps.
@@ -66,6 +66,10 @@ BUDGETS = {
                        alpha_fractions=(1 / 4, 1 / 10, 1 / 40), votes=100, draws=50),
     "thorough": Budget("thorough", queries=2000, eots=(1, 5, 10, 20, 50),
                        alpha_fractions=(1 / 4, 1 / 10, 1 / 40), votes=500, draws=100),
+    # The protocol end to end at toy size (tests, a first try of a new
+    # defense): its rates say little, its compile time dominates.
+    "smoke": Budget("smoke", queries=10, eots=(1, 5), alpha_fractions=(1 / 4,), votes=10,
+                    draws=4),
 }
 
 

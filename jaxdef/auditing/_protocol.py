@@ -224,7 +224,7 @@ def audit(key: jax.Array, classifier, images, labels, *, eps: float = 8 / 255, n
     eps: the attack budget in pixel units of the norm ("inf": <= 1; the
       default 8/255 is the paper's ImageNet budget).
     norm: "inf" | "2".
-    budget: "quick" | "standard" | "thorough" (`jaxdef.auditing.BUDGETS`) or a
+    budget: "quick" | "standard" | "thorough" | "smoke" (`jaxdef.auditing.BUDGETS`) or a
       `jaxdef.auditing.Budget`.
     targeted: None (untargeted), a class index (every image aims at it;
       images of that class aim at class 0, or 1 when the target is 0), or
