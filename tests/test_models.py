@@ -43,12 +43,18 @@ def small():
 @pytest.mark.parametrize("depth, size, params", [
     (18, 32, 11_689_512), (34, 32, 21_797_672), (50, 64, 25_557_032)])
 def test_resnet_logits_shape_and_parameter_count(depth, size, params):
-  # Parameter counts of torchvision's resnet18/34/50 with 1000 classes.
+  # Parameter counts of torchvision's resnet18/34/50 with 1000 classes. The
+  # logits' shape comes from tracing alone (jax.eval_shape, no compilation);
+  # ResNet-18 also runs here, and the conversion tests run all three against
+  # torchvision.
   model, variables = models.resnet(depth, input_shape=(size, size, 3))
   assert _num_params(variables) == params
-  logits = models.logits_fn(model, variables)(_images((1, size, size, 3)))
+  images = _images((1, size, size, 3))
+  logits_fn = models.logits_fn(model, variables)
+  logits = jax.eval_shape(logits_fn, images)
   assert logits.shape == (1, 1000) and logits.dtype == jnp.float32
-  assert np.all(np.isfinite(logits))
+  if depth == 18:
+    assert np.all(np.isfinite(logits_fn(images)))
 
 
 def test_resnet_init_is_random_in_key_and_torchvision_scaled():

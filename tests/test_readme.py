@@ -5,6 +5,7 @@ stand-ins made here: a randomly initialised torchvision ResNet-50 saved as
 ``resnet50.pth`` and a two-synset folder of JPEGs.
 """
 
+import contextlib
 import pathlib
 import re
 
@@ -52,6 +53,30 @@ def _small_audit(code: str, root: pathlib.Path) -> str:
           .replace('"runs/audit_example"', repr(str(root / "audit"))))
 
 
+@contextlib.contextmanager
+def _registry_restored():
+  """The README registers its own defense ("posterize"): later tests must not see it."""
+  from jaxdef.defenses import _core
+
+  saved = dict(_core._REGISTRY)
+  try:
+    yield
+  finally:
+    _core._REGISTRY.clear()
+    _core._REGISTRY.update(saved)
+
+
+def test_the_registering_example_leaves_the_registry_as_it_was():
+  import jaxdef as jd
+
+  [block] = [code for code in BLOCKS if "jd.defenses.register(" in code]
+  before = jd.defenses.available()
+  with _registry_restored():
+    exec(compile(block, "README.md register block", "exec"), {})
+    assert "posterize" in jd.defenses.available()  # the example did register it
+  assert jd.defenses.available() == before
+
+
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index, capsys, tmp_path, monkeypatch):
   code = BLOCKS[index]
@@ -63,7 +88,8 @@ def test_readme_example_runs(index, capsys, tmp_path, monkeypatch):
   if "jd.audit(" in code:
     code = _small_audit(code, tmp_path)
   namespace = {}
-  exec(compile(code, f"README.md python block {index}", "exec"), namespace)
+  with _registry_restored():
+    exec(compile(code, f"README.md python block {index}", "exec"), namespace)
   printed = capsys.readouterr().out
   if "jd.attacks.evaluate" in code:
     assert "gradient computations per image" in printed and "500 votes" in printed

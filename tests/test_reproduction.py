@@ -173,6 +173,19 @@ def test_tiny_run_writes_every_section(tiny_run):
     assert target.exists(), target
 
 
+def test_bart_goes_through_fine_tuning_attack_and_vote(tiny_run):
+  """The tiny run's BaRT invariance part: a model fine-tuned on BaRT, APGD and votes on it."""
+  import csv
+
+  _, workdir = tiny_run
+  rows = list(csv.DictReader((workdir / "invariance_bart" / "results.csv").open()))
+  after = [row for row in rows if row["role"] == "after"]
+  assert after and all(row["model"].startswith("finetuned_kappa_") for row in after)
+  for row in rows:
+    assert int(row["num_votes"]) > 0 and int(row["gradient_computations"]) > 0
+    assert 0 <= int(row["successes"]) <= int(row["denominator"]) <= int(row["num_images"])
+
+
 def test_second_run_enters_no_part_and_writes_the_same_report(tiny_run):
   config, workdir = tiny_run
   before = (workdir / "REPRODUCTION.md").read_text()

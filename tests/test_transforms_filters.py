@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -144,14 +142,10 @@ def _keys(n, seed=0):
   return jax.random.split(jax.random.key(seed), n)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _draw_sizes(keys, low, high):
-  return jax.vmap(lambda k: jax.random.randint(k, (), low, high))(keys)
-
-
-def _odd_sizes(keys, low=2, high=14):
-  """Re-derives the kernel sizes: randint in [low, high), even draws rounded up."""
-  return 2 * (np.asarray(_draw_sizes(keys, low, high)) // 2) + 1
+@jax.jit
+def _odd_sizes(keys):
+  """The kernel sizes random_median_blur draws, through the library's `random_kernel_size`."""
+  return jax.vmap(flt.random_kernel_size)(keys)
 
 
 def test_random_median_blur_kernel_sizes_cover_3_to_13():
@@ -168,9 +162,9 @@ def test_random_median_blur_kernel_sizes_cover_3_to_13():
     assert len(matches) == 1, "output matches no scipy median of any odd size"
     inferred.append(matches[0])
   assert set(inferred) == {3, 5, 7, 9, 11, 13}
-  np.testing.assert_array_equal(inferred, _odd_sizes(keys))  # the documented draw
+  np.testing.assert_array_equal(inferred, _odd_sizes(keys))  # the library's draw
   # Each size has probability 1/6 (two of the 12 integers in [2, 14)).
-  sizes = _odd_sizes(_keys(N_DRAWS, seed=2))
+  sizes = np.asarray(_odd_sizes(_keys(N_DRAWS, seed=2)))
   counts = np.array([np.sum(sizes == k) for k in range(3, 14, 2)])
   assert set(np.unique(sizes)) == {3, 5, 7, 9, 11, 13}
   assert np.all(np.abs(counts / N_DRAWS - 1 / 6) < 0.04), counts
@@ -190,10 +184,7 @@ def test_random_median_blur_custom_range():
 def test_random_gaussian_blur_parameters_and_outputs():
   """Sizes are {3..13}, sigma in [0.1, 3.1); outputs equal scipy for those draws."""
   keys = _keys(N_DRAWS, seed=4)
-  split = jax.vmap(jax.random.split)(keys)
-  sizes = _odd_sizes(split[:, 0])
-  sigmas = np.asarray(jax.vmap(lambda k: jax.random.uniform(k, (), minval=0.1, maxval=3.1))(
-      split[:, 1]))
+  sizes, sigmas = map(np.asarray, jax.jit(jax.vmap(flt.gaussian_blur_parameters))(keys))
   assert set(np.unique(sizes)) == {3, 5, 7, 9, 11, 13}
   assert 0.1 <= sigmas.min() < 0.11 and 3.09 < sigmas.max() < 3.1
   image = _image((11, 9, 2), seed=11)
@@ -233,7 +224,8 @@ def test_random_vmap_over_keys_deterministic(name):
     np.testing.assert_allclose(fn(keys[7], image), out[7], atol=1e-6)
   distinct = len({o.tobytes() for o in out[:40]})
   if name == "median":  # the output depends on the key only through the kernel size
-    assert distinct == len(set(_odd_sizes(keys[:40], 2, 8))) == 3
+    sizes = jax.vmap(lambda k: flt.random_kernel_size(k, kernel_size_range=(2, 8)))(keys[:40])
+    assert distinct == len(set(np.asarray(sizes).tolist())) == 3
   else:
     assert distinct == 40
 

@@ -200,17 +200,10 @@ def test_gaussian_noise_traces_once():
 
 @jax.jit
 def _random_params(keys):
-  """Re-derives random_noise's draws from its documented key split."""
-
-  def one(key):
-    kind_key, var_key, amount_key, ratio_key, noise_key = jax.random.split(key, 5)
-    kind = jax.random.randint(kind_key, (), 0, len(KINDS))
-    var = jax.random.uniform(var_key, (), minval=nz.VAR_RANGE[0], maxval=nz.VAR_RANGE[1])
-    amount = jax.random.uniform(amount_key, (), minval=nz.AMOUNT_RANGE[0],
-                                maxval=nz.AMOUNT_RANGE[1])
-    return kind, var, amount, jax.random.uniform(ratio_key, ()), noise_key
-
-  return jax.vmap(one)(keys)
+  """random_noise's draws, through the library's own `noise_parameters`."""
+  drawn = jax.vmap(nz.noise_parameters)(keys)
+  return (drawn["kind"], drawn["var"], drawn["amount"], drawn["salt_vs_pepper"],
+          drawn["noise_key"])
 
 
 # One program for every random_noise batch test: 96 (key, image) pairs.
@@ -246,7 +239,7 @@ def test_random_noise_parameters_cover_ranges():
 
 
 def test_random_noise_kinds_inferred_from_outputs():
-  """Kinds told from outputs alone: all six occur, and they match the re-derived draw."""
+  """Kinds told from outputs alone: all six occur, and they match noise_parameters' draw."""
   keys = _keys(N_BATCH, seed=14)
   out = _random_noise_keys(keys, SMALL)
   assert out.shape == (N_BATCH, *SMALL.shape) and out.dtype == np.float32
@@ -260,7 +253,7 @@ def test_random_noise_kinds_inferred_from_outputs():
       assert name in ("s&p", "salt", "pepper")  # nearly all salt or all pepper
     else:
       assert name == drawn, (i, name, drawn)
-  # The output is noise() with the re-derived parameters (two draws of each kind).
+  # The output is noise() with the drawn parameters (two draws of each kind).
   for k in range(len(KINDS)):
     for i in np.flatnonzero(np.asarray(kind) == k)[:2]:
       replay = _noise_one(noise_keys[i], SMALL, k, float(var[i]), float(amount[i]),

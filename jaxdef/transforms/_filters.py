@@ -76,6 +76,18 @@ def _check_kernel_size_range(kernel_size_range: Any) -> tuple[int, int]:
   return low, high
 
 
+def random_kernel_size(key: jax.Array, *,
+                       kernel_size_range: tuple[int, int] = KERNEL_SIZE_RANGE) -> jax.Array:
+  """The odd kernel size `random_median_blur` draws: an integer in [low, high), even rounded up.
+
+  Returns:
+    int32 scalar; the default range gives 3, 5, ..., 13, each with
+    probability 1/6.
+  """
+  _validate.check_key(key)
+  return _odd_kernel_size(key, _check_kernel_size_range(kernel_size_range))
+
+
 def _odd_kernel_size(key: jax.Array, size_range: tuple[int, int]) -> jax.Array:
   """Draws an integer in [low, high) and rounds even draws up to odd."""
   size = jax.random.randint(key, (), size_range[0], size_range[1])
@@ -124,6 +136,26 @@ def gaussian_blur(
   return sum(weights[t] * rows[:, t:t + width] for t in range(max_size))
 
 
+def gaussian_blur_parameters(
+    key: jax.Array,
+    *,
+    kernel_size_range: tuple[int, int] = KERNEL_SIZE_RANGE,
+    sigma_range: tuple[float, float] = SIGMA_RANGE,
+) -> tuple[jax.Array, jax.Array]:
+  """The (kernel size, sigma) `random_gaussian_blur` draws from `key`.
+
+  Returns:
+    int32 and float32 scalars: the odd size as `random_kernel_size` draws
+    it, sigma uniform in [low, high).
+  """
+  kernel_size_range = _check_kernel_size_range(kernel_size_range)
+  sigma_range = _validate.check_interval(sigma_range, "sigma_range", 1e-6, 1e3)
+  _validate.check_key(key)
+  size_key, sigma_key = jax.random.split(key)
+  return (_odd_kernel_size(size_key, kernel_size_range),
+          jax.random.uniform(sigma_key, (), minval=sigma_range[0], maxval=sigma_range[1]))
+
+
 def random_gaussian_blur(
     key: jax.Array,
     image: jax.Array,
@@ -146,12 +178,9 @@ def random_gaussian_blur(
   Returns:
     The blurred image, shape (H, W, C).
   """
+  kernel_size, sigma = gaussian_blur_parameters(key, kernel_size_range=kernel_size_range,
+                                                sigma_range=sigma_range)
   kernel_size_range = _check_kernel_size_range(kernel_size_range)
-  sigma_range = _validate.check_interval(sigma_range, "sigma_range", 1e-6, 1e3)
-  _validate.check_key(key)
-  size_key, sigma_key = jax.random.split(key)
-  kernel_size = _odd_kernel_size(size_key, kernel_size_range)
-  sigma = jax.random.uniform(sigma_key, (), minval=sigma_range[0], maxval=sigma_range[1])
   return gaussian_blur(image, kernel_size, sigma, max_kernel_size=_max_odd(kernel_size_range))
 
 

@@ -108,6 +108,40 @@ def _add_noise(x, keys, strengths, *, kind: str, poisson_scale: float):
   return jnp.where(replaced, salt.astype(dtype), x)
 
 
+def noise_parameters(
+    key: jax.Array,
+    *,
+    kinds: tuple[str, ...] = NOISE_KINDS,
+    var_range: tuple[float, float] = VAR_RANGE,
+    amount_range: tuple[float, float] = AMOUNT_RANGE,
+) -> dict[str, jax.Array]:
+  """The parameters `random_noise` draws from `key` (its arguments as documented there).
+
+  Returns:
+    {"kind": index into NOISE_KINDS, int32 scalar; "var", "amount",
+    "salt_vs_pepper": float32 scalars; "noise_key": the key of the noise
+    itself}. ``noise(noise_key, image, kind, var=..., amount=...,
+    salt_vs_pepper=...)`` is then ``random_noise(key, image)``.
+  """
+  if isinstance(kinds, str) or not kinds:
+    raise ValueError(f"kinds must be a non-empty tuple of noise kinds from {NOISE_KINDS}, "
+                     f"got {kinds!r}")
+  indices = jnp.asarray([NOISE_KINDS.index(_validate.check_choice(k, "kinds", NOISE_KINDS))
+                         for k in kinds])
+  var_range = _validate.check_interval(var_range, "var_range", 0.0, 1.0)
+  amount_range = _validate.check_interval(amount_range, "amount_range", 0.0, 1.0)
+  _validate.check_key(key)
+  kind_key, var_key, amount_key, ratio_key, noise_key = jax.random.split(key, 5)
+  return {
+      "kind": indices[jax.random.randint(kind_key, (), 0, len(kinds))],
+      "var": jax.random.uniform(var_key, (), minval=var_range[0], maxval=var_range[1]),
+      "amount": jax.random.uniform(amount_key, (), minval=amount_range[0],
+                                   maxval=amount_range[1]),
+      "salt_vs_pepper": jax.random.uniform(ratio_key, ()),
+      "noise_key": noise_key,
+  }
+
+
 def random_noise(
     key: jax.Array,
     image: jax.Array,
@@ -132,20 +166,9 @@ def random_noise(
   Returns:
     The noisy image, shape (H, W, C), values in [0, 1].
   """
-  if isinstance(kinds, str) or not kinds:
-    raise ValueError(f"kinds must be a non-empty tuple of noise kinds from {NOISE_KINDS}, "
-                     f"got {kinds!r}")
-  indices = jnp.asarray([NOISE_KINDS.index(_validate.check_choice(k, "kinds", NOISE_KINDS))
-                         for k in kinds])
-  var_range = _validate.check_interval(var_range, "var_range", 0.0, 1.0)
-  amount_range = _validate.check_interval(amount_range, "amount_range", 0.0, 1.0)
-  _validate.check_key(key)
-  kind_key, var_key, amount_key, ratio_key, noise_key = jax.random.split(key, 5)
-  kind = indices[jax.random.randint(kind_key, (), 0, len(kinds))]
-  var = jax.random.uniform(var_key, (), minval=var_range[0], maxval=var_range[1])
-  amount = jax.random.uniform(amount_key, (), minval=amount_range[0], maxval=amount_range[1])
-  salt_vs_pepper = jax.random.uniform(ratio_key, ())
-  return noise(noise_key, image, kind, var=var, amount=amount, salt_vs_pepper=salt_vs_pepper)
+  drawn = noise_parameters(key, kinds=kinds, var_range=var_range, amount_range=amount_range)
+  return noise(drawn["noise_key"], image, drawn["kind"], var=drawn["var"],
+               amount=drawn["amount"], salt_vs_pepper=drawn["salt_vs_pepper"])
 
 
 def gaussian_noise(key: jax.Array, image: jax.Array, sigma: Any, *,

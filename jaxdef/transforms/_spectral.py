@@ -37,6 +37,18 @@ def quantize(image: jax.Array, levels: Any) -> jax.Array:
   return jnp.round(image * levels) / levels
 
 
+def quantize_levels(key: jax.Array, *,
+                    levels_range: tuple[int, int] = LEVELS_RANGE) -> jax.Array:
+  """The number of levels `random_quantize` draws: uniform in the integers of [low, high].
+
+  Returns:
+    int32 scalar.
+  """
+  _validate.check_key(key)
+  low, high = _validate.check_interval(levels_range, "levels_range", 1, 2**24, integer=True)
+  return jax.random.randint(key, (), low, high + 1)
+
+
 def random_quantize(
     key: jax.Array, image: jax.Array, *, levels_range: tuple[int, int] = LEVELS_RANGE
 ) -> jax.Array:
@@ -53,10 +65,7 @@ def random_quantize(
   Returns:
     The quantized image, shape (H, W, C).
   """
-  _validate.check_key(key)
-  low, high = _validate.check_interval(levels_range, "levels_range", 1, 2**24, integer=True)
-  levels = jax.random.randint(key, (), low, high + 1)
-  return quantize(image, levels)
+  return quantize(image, quantize_levels(key, levels_range=levels_range))
 
 
 def fft_perturb(key: jax.Array, image: jax.Array, fraction: Any) -> jax.Array:
@@ -83,6 +92,22 @@ def fft_perturb(key: jax.Array, image: jax.Array, fraction: Any) -> jax.Array:
   return clip(restored.astype(image.dtype))
 
 
+def fft_fractions(key: jax.Array, channels: int, *,
+                  fraction_range: tuple[float, float] = FFT_FRACTION_RANGE
+                  ) -> tuple[jax.Array, jax.Array]:
+  """What `random_fft_perturb` draws for an image of `channels` channels.
+
+  Returns:
+    (fractions, mask_key): float32 (channels,) uniform in [low, high), and
+    the key ``fft_perturb(mask_key, image, fractions)`` zeroes coefficients
+    with; that call is then ``random_fft_perturb(key, image)``.
+  """
+  _validate.check_key(key)
+  low, high = _validate.check_interval(fraction_range, "fraction_range", 0.0, 1.0)
+  fraction_key, mask_key = jax.random.split(key)
+  return jax.random.uniform(fraction_key, (channels,), minval=low, maxval=high), mask_key
+
+
 def random_fft_perturb(
     key: jax.Array, image: jax.Array, *, fraction_range: tuple[float, float] = FFT_FRACTION_RANGE
 ) -> jax.Array:
@@ -99,9 +124,6 @@ def random_fft_perturb(
   Returns:
     The perturbed image, shape (H, W, C), values in [0, 1].
   """
-  _validate.check_key(key)
   image = _validate.check_image(image)
-  low, high = _validate.check_interval(fraction_range, "fraction_range", 0.0, 1.0)
-  fraction_key, mask_key = jax.random.split(key)
-  fraction = jax.random.uniform(fraction_key, (image.shape[-1],), minval=low, maxval=high)
-  return fft_perturb(mask_key, image, fraction)
+  fractions, mask_key = fft_fractions(key, image.shape[-1], fraction_range=fraction_range)
+  return fft_perturb(mask_key, image, fractions)
