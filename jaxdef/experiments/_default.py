@@ -40,7 +40,7 @@ def _survey(config, images, workdir: pathlib.Path) -> tuple[list[dict], str]:
   defenses = _sources.build_defenses(cfg.defenses)
   records, pictures = _defense_survey.survey(
       defenses, jax.random.fold_in(jax.random.key(config.seed), 0), survey_images,
-      int(cfg.num_samples), int(cfg.chunk_size))
+      int(cfg.num_samples), int(cfg.chunk_size), progress=bool(config.progress))
   _records.write_json(workdir / "defense_survey.json", records)
   figure = figures.defense_samples(pictures, np.asarray(survey_images[0]),
                                    workdir / "figures" / "defense_samples",

@@ -22,7 +22,8 @@ from jaxdef import distortion
 
 
 def survey(defenses: dict[str, defenses_lib.Defense], key: jax.Array, images: jax.Array,
-           num_samples: int, chunk_size: int) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+           num_samples: int, chunk_size: int, *, progress: bool = True
+           ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
   """Draws every defense and measures distortion, randomness and speed.
 
   Args:
@@ -31,13 +32,15 @@ def survey(defenses: dict[str, defenses_lib.Defense], key: jax.Array, images: ja
     images: float (B, H, W, C) in [0, 1].
     num_samples: draws per image.
     chunk_size: draws computed at once.
+    progress: a progress bar over the defenses.
 
   Returns:
     (records, pictures): one record per defense, and for each label a few
     draws of the first image, shape (n, H', W', C), for figures.
   """
   records, pictures = [], {}
-  for index, (label, defense) in enumerate(tqdm(defenses.items(), desc="defenses", unit="def")):
+  for index, (label, defense) in enumerate(tqdm(defenses.items(), desc="defenses", unit="def",
+                                                     disable=not progress)):
     draw_key = jax.random.fold_in(key, index)
     start = time.perf_counter()
     compiled = defenses_lib.compile_sample(defense, draw_key, images, num_samples,
