@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -249,9 +250,11 @@ def test_a_sweep_killed_three_times_resumes_to_the_uninterrupted_records(tmp_pat
   rng = np.random.default_rng(7)
   seen: dict[str, tuple[str, int]] = {}
   kills = 0
-  for _ in range(3):
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+  for start in range(3):
+    # stderr to a file, not a pipe nobody reads: a full pipe would block the child.
+    log = tmp_path / f"child{start}.log"
+    with log.open("w") as stderr:
+      process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
     # Kill once a random number of new records exist, a random moment later
     # (mid-unit, mid-vote or mid-write).
     wanted = len(seen) + int(rng.integers(1, 5))
@@ -265,6 +268,7 @@ def test_a_sweep_killed_three_times_resumes_to_the_uninterrupted_records(tmp_pat
       process.kill()
       kills += 1
     process.wait()
+    assert process.returncode in (0, -signal.SIGKILL), log.read_text()[-3000:]
     records = _records(workdir)
     for name, (text, mtime) in records.items():
       json.loads(text)  # no partial record: every file on disk is whole
@@ -282,6 +286,23 @@ def test_a_sweep_killed_three_times_resumes_to_the_uninterrupted_records(tmp_pat
   resumed = {name: strip(json.loads(text)) for name, (text, _) in final.items()}
   order = lambda records: sorted(records, key=lambda r: (r["unit"], r["k"]))
   assert order(resumed.values()) == order(strip(r) for r in whole)
+
+
+def test_resuming_a_half_written_unit_keeps_its_finished_records(tmp_path):
+  spec, clfs, x, y, targets = _sweep_problem()
+  whole = _sweep.run_sweep(spec, clfs, x, y, targets, jax.random.key(0), tmp_path,
+                           progress=False)
+  unit = spec.units()[0]
+  first, last = (_sweep.cell_path(tmp_path, unit, k) for k in spec.checkpoints)
+  kept = (first.read_text(), first.stat().st_mtime_ns)
+  last.unlink()  # killed between the unit's two records
+  resumed = _sweep.run_sweep(spec, clfs, x, y, targets, jax.random.key(0), tmp_path,
+                             progress=False)
+  assert (first.read_text(), first.stat().st_mtime_ns) == kept
+  # Only the unit's own alpha is recomputed, so alphas_in_call may differ.
+  strip = lambda records: [{k: v for k, v in r.items()
+                            if "seconds" not in k and k != "alphas_in_call"} for r in records]
+  assert strip(resumed) == strip(whole)
 
 
 # Fine-tuning: besides the data order, every step draws the defense and the
@@ -307,21 +328,24 @@ def test_finetuning_killed_mid_epoch_resumes_bit_identically(tmp_path):
   from jaxdef.train import _checkpoint
 
   def run(workdir, kill_after_first_epoch):
-    process = subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, str(workdir)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = workdir.with_suffix(".log")
+    with log.open("w") as stderr:  # a file, not a pipe nobody reads while it runs
+      process = subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, str(workdir)], cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=stderr)
     if kill_after_first_epoch:
       deadline = time.time() + 300
       while time.time() < deadline and not _checkpoint.epoch_path(workdir, 1).exists():
         time.sleep(0.01)
       time.sleep(0.3)  # into the second epoch (128 steps of 8 images)
-      assert process.poll() is None, "training finished before it could be killed"
+      assert process.poll() is None, f"training ended before it could be killed: " \
+                                     f"{log.read_text()[-3000:]}"
       process.kill()
       process.wait()
       assert not (workdir / "final.msgpack").exists()
       assert [e for e, _ in _checkpoint.list_checkpoints(workdir)] == [1]
       return
-    _, error = process.communicate(timeout=600)
-    assert process.returncode == 0, error[-3000:]
+    process.wait(timeout=600)
+    assert process.returncode == 0, log.read_text()[-3000:]
 
   run(tmp_path / "killed", kill_after_first_epoch=True)
   first = _checkpoint.epoch_path(tmp_path / "killed", 1)

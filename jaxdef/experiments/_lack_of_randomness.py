@@ -317,6 +317,8 @@ def run_rows(config, rows: list[Row], logits_fns, dataset, workdir: pathlib.Path
           eot=unit.eot, checkpoints=checkpoints, eot_chunk_size=chunk, subset=subset)
       attack_s = time.perf_counter() - start
       for k, result in results.items():
+        if _sweep.read_cell(_sweep.cell_path(workdir, unit, k)) is not None:
+          continue  # written before a kill: a finished record is never rewritten
         start = time.perf_counter()
         # The whole batch is judged, uncounted images too: its draws then do
         # not depend on `subset`, so neither do the rates.

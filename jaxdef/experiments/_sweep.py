@@ -476,6 +476,10 @@ def run_sweep(spec: SweepSpec, classifiers: dict[tuple[str, str], Any], images, 
     attack_s = (time.perf_counter() - start) / len(units)
     for unit, vote_key, results in zip(units, vote_keys, trajectories):
       for k, result in results.items():
+        if read_cell(cell_path(workdir, unit, k)) is not None:
+          # Written before a kill: the trajectory is recomputed for the later
+          # k, but a finished record is never rewritten.
+          continue
         start = time.perf_counter()
         (adversarial, cost), split, vote_retries = with_memory_retries(
             lambda split: vote(clf, jax.random.fold_in(vote_key, k), result.adversarial, spec,
