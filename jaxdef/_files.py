@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pathlib
@@ -43,3 +45,22 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
 def write_json(path: str | os.PathLike, value: Any) -> None:
   """Writes `value` as indented, key-sorted JSON, atomically."""
   write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def held_exclusively(path: str | os.PathLike):
+  """Holds an exclusive lock on the file `path` (created), waiting for it if taken.
+
+  For work several processes of one machine may start at once and must do
+  once (training a model into a shared folder): the second waits, then finds
+  the work done. The kernel drops the lock when its holder dies, so a killed
+  process never leaves it taken.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "a") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)

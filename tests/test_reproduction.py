@@ -267,3 +267,68 @@ def test_a_finished_part_refuses_a_changed_config_and_a_new_part_runs(tmp_path):
   assert "part 2/2: more_theory" in output.getvalue()
   assert "part 1/2" not in output.getvalue()
   assert sorted(json.loads((workdir / "parts.json").read_text())) == ["more_theory", "theory"]
+
+
+# ------------------------------------------------------------------ parts at once
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_parallel_parts_must_be_a_whole_number(tmp_path, value):
+  config = _theory_only(tmp_path)
+  config.parallel_parts = value
+  with pytest.raises(ValueError, match=r"config.parallel_parts must be a whole number >= 1"):
+    experiments.run(config, tmp_path / "run")
+  assert not (tmp_path / "run" / "parts.json").exists()
+
+
+def test_parts_at_once_record_each_and_a_failed_part_is_raised_then_resumed(tmp_path):
+  import ml_collections
+
+  config = _theory_only(tmp_path)
+  theory = config.parts.theory.to_dict()
+  config.parts = ml_collections.ConfigDict({name: theory for name in ("theory", "two", "three")})
+  config.order = ("theory", "two", "three")
+  config.parallel_parts = 2
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "two").write_text("a file where the part's folder goes")
+  with pytest.raises(OSError):
+    experiments.run(config, workdir)
+  parts = json.loads((workdir / "parts.json").read_text())
+  assert "theory" in parts and "two" not in parts  # the parts that finished are kept
+  (workdir / "two").unlink()
+  experiments.run(config, workdir)
+  parts = json.loads((workdir / "parts.json").read_text())
+  assert sorted(parts) == ["theory", "three", "two"]
+  assert all(entry["finished"] for entry in parts.values())
+  assert "84.1% / 59.4%" in (workdir / "REPRODUCTION.md").read_text()
+
+
+def _hold_and_log(lock: str, log: str, name: str) -> None:
+  import time
+
+  from jaxdef import _files
+
+  with _files.held_exclusively(lock):
+    with open(log, "a") as out:
+      out.write(f"{name} in\n")
+      out.flush()
+      time.sleep(0.5)
+      out.write(f"{name} out\n")
+
+
+def test_a_model_lock_lets_one_process_in_at_a_time(tmp_path):
+  import multiprocessing
+
+  context = multiprocessing.get_context("spawn")
+  lock, log = tmp_path / "models" / "m.lock", tmp_path / "log"
+  workers = [context.Process(target=_hold_and_log, args=(str(lock), str(log), name))
+             for name in ("a", "b", "c")]
+  for worker in workers:
+    worker.start()
+  for worker in workers:
+    worker.join(timeout=120)
+  assert [worker.exitcode for worker in workers] == [0, 0, 0]
+  lines = log.read_text().split()
+  pairs = list(zip(lines[0::4], lines[1::4], lines[2::4], lines[3::4]))
+  assert len(lines) == 12 and all(a == c and b == "in" and d == "out" for a, b, c, d in pairs)

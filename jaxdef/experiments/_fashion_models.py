@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 
+from jaxdef import _files
 from jaxdef import models
 from jaxdef import train
 from jaxdef.models import _activations
@@ -75,10 +76,13 @@ def trained(label: str, entry, config, *, progress: bool = True):
   train_data, val_data = _split(config, entry)
   models_dir = pathlib.Path(config.get("models_dir") or "runs/models")
   base_dir = models_dir / base_name(entry)
-  base = train.fit(model, initial, train_data, val_data, epochs=int(entry.get("epochs", 6)),
-                   batch_size=int(entry.get("batch_size", 256)),
-                   learning_rate=float(entry.get("learning_rate", 1e-3)), seed=int(config.seed),
-                   workdir=base_dir, keep_checkpoints=1, progress=progress)
+  # Parts of a reproduction run at once share models: one trains, the others wait.
+  with _files.held_exclusively(base_dir.with_name(base_dir.name + ".lock")):
+    base = train.fit(model, initial, train_data, val_data, epochs=int(entry.get("epochs", 6)),
+                     batch_size=int(entry.get("batch_size", 256)),
+                     learning_rate=float(entry.get("learning_rate", 1e-3)),
+                     seed=int(config.seed), workdir=base_dir, keep_checkpoints=1,
+                     progress=progress)
   defense_label = entry.get("finetune_defense", "")
   if not defense_label:
     return (model.clone(**evaluated), base.variables,
@@ -93,9 +97,10 @@ def trained(label: str, entry, config, *, progress: bool = True):
   digest = zlib.crc32(json.dumps(defense.describe(), sort_keys=True, default=str).encode())
   tuned_dir = (models_dir / f"{base_name(entry)}__ft_{defense_label}_{digest:08x}"
                f"_e{epochs}_lr{rate:g}")
-  tuned = train.finetune(model, base.variables, train_data, val_data, defense=defense,
-                         epochs=epochs, learning_rate=rate, seed=int(config.seed),
-                         workdir=tuned_dir, progress=progress)  # every epoch kept: tracked
+  with _files.held_exclusively(tuned_dir.with_name(tuned_dir.name + ".lock")):
+    tuned = train.finetune(model, base.variables, train_data, val_data, defense=defense,
+                           epochs=epochs, learning_rate=rate, seed=int(config.seed),
+                           workdir=tuned_dir, progress=progress)  # every epoch kept: tracked
   return (model.clone(**evaluated), tuned.variables,
           {"dir": str(tuned_dir), "history": tuned.history, "base_variables": base.variables})
 

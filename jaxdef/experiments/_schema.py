@@ -58,7 +58,7 @@ SCHEMA: dict[str, dict[str | None, frozenset]] = {
                                    "vote_chunk_size", "vote_rows_per_call"}),
               "defense": frozenset({"name", "factory", "params"}),
               "audit": frozenset({"budget", "targeted"})},
-    "reproduce": {None: frozenset({"parts", "order", "report"}),
+    "reproduce": {None: frozenset({"parts", "order", "report", "parallel_parts"}),
                   "report": frozenset({"path", "figures_dir", "gradients_per_second"})},
 }
 SCHEMA["invariance_bart"] = SCHEMA["invariance_smoothing"]
