@@ -64,3 +64,29 @@ def held_exclusively(path: str | os.PathLike):
       yield
     finally:
       fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class FolderNotWritableError(OSError, ValueError):
+  """A folder the user named cannot be created or written (bad input: also a ValueError)."""
+
+
+def writable_folder(path: str | os.PathLike, *, named: str = "workdir") -> pathlib.Path:
+  """Creates the folder `path` (and its parents) and checks it can be written.
+
+  Args:
+    path: the folder.
+    named: how the user gave it, for the message ("workdir", "--workdir").
+
+  Raises:
+    FolderNotWritableError: it cannot be created or is not writable; the
+      message names it as `named` gave it.
+  """
+  folder = pathlib.Path(path).expanduser()
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise FolderNotWritableError(
+        f"{named}={path}: cannot create the folder ({error.strerror or error})") from None
+  if not os.access(folder, os.W_OK):
+    raise FolderNotWritableError(f"{named}={path}: the folder is not writable")
+  return folder

@@ -27,6 +27,7 @@ from absl import app
 from absl import flags
 from absl import logging as absl_logging
 
+from jaxdef import _files
 from jaxdef.experiments import WorkdirInUseError
 
 VERBOSE_ENV = "JAXDEF_VERBOSE"
@@ -125,13 +126,7 @@ def run(main: Callable[[list[str]], None]) -> None:
 
 def writable_folder(flag: str, path: str) -> str:
   """Creates the folder a flag names; ValueError naming the flag when it cannot be written."""
-  folder = os.path.abspath(os.path.expanduser(path))
-  try:
-    os.makedirs(folder, exist_ok=True)
-  except OSError as error:
-    raise ValueError(f"{flag}={path}: cannot create the folder ({error.strerror})") from None
-  if not os.access(folder, os.W_OK):
-    raise ValueError(f"{flag}={path}: the folder is not writable")
+  _files.writable_folder(path, named=flag)
   return path
 
 

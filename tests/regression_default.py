@@ -41,21 +41,49 @@ def cell_key(record: dict) -> tuple:
   return tuple(record[field] for field in CELL_FIELDS)
 
 
+@dataclasses.dataclass
+class PinnedProblem:
+  """The default run's trained models and fixed images, as the default config sets them up.
+
+  Attributes:
+    config: configs/default.py's default variant.
+    flax_models: model label ("base", "invariant") -> (Flax module, variables).
+    logits_fns: model label -> images -> logits.
+    defenses: defense label -> defense.
+    images: float32 (100, 28, 28, 1) in [0, 1]; labels, targets: int32 (100,).
+  """
+  config: object
+  flax_models: dict
+  logits_fns: dict
+  defenses: dict
+  images: jax.Array
+  labels: np.ndarray
+  targets: np.ndarray
+
+
+def pinned_problem() -> PinnedProblem:
+  """Loads tests/data/default_run's models and the default's 100 fixed test images."""
+  config = default_config.get_config()
+  model, template = models.small_resnet(10, widths=tuple(config.models.base.widths))
+  flax_models = {label: (model, models.load_variables(DATA / f"{label}.msgpack", like=template))
+                 for label in config.models}
+  indices = data.load_subset(DATA / "indices.json", dataset="fashion_mnist", split="test")
+  images, labels = data.load_fashion_mnist("test")
+  labels = np.asarray(labels[indices], np.int32)
+  return PinnedProblem(
+      config=config, flax_models=flax_models,
+      logits_fns={label: models.logits_fn(*pair) for label, pair in flax_models.items()},
+      defenses=_sources.build_defenses(config.defenses),
+      images=jnp.asarray(np.asarray(images[indices], np.float32)), labels=labels,
+      targets=_sources.targets_for(labels, 10, int(config.data.get("target_label", -1))))
+
+
 def sweep_records(workdir: pathlib.Path, *, alpha_scale: float = 1.0,
                   step_offset: int = 0) -> list[dict]:
   """The default's 48 cells on the pinned models; alpha_scale / step_offset weaken the attack."""
-  config = default_config.get_config()
-  widths = tuple(config.models.base.widths)
-  model, template = models.small_resnet(10, widths=widths)
-  logits_fns = {label: models.logits_fn(model, models.load_variables(DATA / f"{label}.msgpack",
-                                                                     like=template))
-                for label in config.models}
-  indices = data.load_subset(DATA / "indices.json", dataset="fashion_mnist", split="test")
-  images, labels = data.load_fashion_mnist("test")
-  images = jnp.asarray(np.asarray(images[indices], np.float32))
-  labels = np.asarray(labels[indices], np.int32)
-  targets = _sources.targets_for(labels, 10, int(config.data.get("target_label", -1)))
-  defenses = _sources.build_defenses(config.defenses)
+  problem = pinned_problem()
+  config, logits_fns, defenses = problem.config, problem.logits_fns, problem.defenses
+  images, labels, targets = problem.images, problem.labels, problem.targets
   spec = _kxm.sweep_spec(config, logits_fns, defenses)
   if alpha_scale != 1.0 or step_offset:
     spec = dataclasses.replace(

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
-from jaxdef import data
 from jaxdef import defenses
 from jaxdef import models
 from jaxdef.bench import _device
@@ -28,7 +27,6 @@ from jaxdef.bench import _study
 from jaxdef.bench import _throughput
 from jaxdef.bench import _torch
 from jaxdef.classifier import StochasticClassifier
-from jaxdef.experiments import _sources
 from jaxdef.experiments import _sweep
 from jaxdef.models import _conv
 
@@ -250,32 +248,32 @@ def test_torch_vote_is_the_majority_with_lowest_label_ties():
   assert labels.tolist() == [0, 0]
 
 
-def _centroid_study(num_images: int) -> _study.Study:
-  """A sweep of a nearest-class-mean classifier behind smoothing: non-trivial success counts.
+def _pinned_study(num_images: int) -> _study.Study:
+  """The default run's trained base model (tests/data/default_run) behind its smoothing.
 
-  The classifier (logits -||x - mean_c||^2 up to a per-image constant, means
-  of the training images) is real, differentiable and needs no training
-  loop; a random-init ResNet instead labels every image alike with a wide
-  margin, which no small attack moves, so every cell would read 0 successes.
+  Trained, so small attacks succeed on some images and the two ways'
+  agreement is over non-zero counts (a random-init ResNet labels every image
+  alike with a margin no small attack moves: every cell would read 0).
   """
-  train_images, train_labels = data.load_fashion_mnist("train")
-  means = np.stack([train_images[train_labels == c].mean(0) for c in range(10)])
-  flat = jnp.asarray(means.reshape(10, -1))
-  logits_fn = lambda x: 2 * x.reshape(x.shape[0], -1) @ flat.T - jnp.sum(flat**2, -1)
-  spec = _sweep.SweepSpec(models=("centroids",), defenses=("smoothing",),
-                          targeted=(False, True), eots=(2,), alphas=(16 / 255,),
-                          checkpoints=(1, 3), eps=48 / 255, votes=8)  # wide margins: big steps
-  clf = StochasticClassifier(logits_fn, defenses.randomized_smoothing(0.25), vote_chunk_size=8)
-  images, labels = data.load_fashion_mnist("test")
-  labels = labels[:num_images].astype(np.int32)
-  return _study.Study(spec=spec, classifiers={("centroids", "smoothing"): clf}, flax_models={},
-                      sigmas={"smoothing": 0.25}, images=images[:num_images], labels=labels,
-                      targets=_sources.targets_for(labels, 10, -1), key=jax.random.key(0),
-                      models_note="nearest class mean")
+  import regression_default
+
+  problem = regression_default.pinned_problem()
+  pair = ("base", "smoothing_025")
+  spec = _sweep.SweepSpec(models=pair[:1], defenses=pair[1:], targeted=(False, True),
+                          eots=(2,), alphas=(6 / 255,), checkpoints=(1, 3), eps=16 / 255,
+                          votes=8)
+  clf = StochasticClassifier(problem.logits_fns["base"], problem.defenses["smoothing_025"],
+                             vote_chunk_size=8)
+  return _study.Study(spec=spec, classifiers={pair: clf},
+                      flax_models={"base": problem.flax_models["base"]},
+                      sigmas={"smoothing_025": 0.25},
+                      images=np.asarray(problem.images[:num_images]),
+                      labels=problem.labels[:num_images], targets=problem.targets[:num_images],
+                      key=jax.random.key(0), models_note="tests/data/default_run base")
 
 
 def test_reference_way_and_jaxdef_agree_on_every_cell(tmp_path):
-  study = _centroid_study(12)
+  study = _pinned_study(12)
   settings = _study.available_settings(_study.EXACT_SETTINGS)
   ours = _study.jaxdef_way(study, tmp_path / "sweep", settings, progress=False)
   reference = _study.reference_way(

@@ -35,7 +35,7 @@ def test_workdir_that_cannot_be_created_is_named(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a folder")
   config = kxm_sweep.get_config("tiny")
-  with pytest.raises(OSError, match="cannot create the workdir .*a_file/run"):
+  with pytest.raises(OSError, match=r"workdir=.*a_file/run: cannot create the folder"):
     _records.start_run(config, blocker / "run")
   assert blocker.read_text() == "not a folder"
 
@@ -43,7 +43,7 @@ def test_workdir_that_cannot_be_created_is_named(tmp_path):
 def test_unwritable_workdir_is_refused(tmp_path, monkeypatch):
   # Tests may run as root, for whom every folder is writable: simulate it.
   monkeypatch.setattr(os, "access", lambda path, mode: False)
-  with pytest.raises(OSError, match="is not writable; pass another --workdir"):
+  with pytest.raises(OSError, match=r"workdir=.*/run: the folder is not writable"):
     _records.start_run(kxm_sweep.get_config("tiny"), tmp_path / "run")
 
 

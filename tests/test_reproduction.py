@@ -166,6 +166,7 @@ def test_tiny_run_writes_every_section(tiny_run):
   parts = json.loads((workdir / "parts.json").read_text())
   assert sorted(parts) == sorted(config.order)
   assert all(entry["finished"] and entry["seconds"] >= 0 for entry in parts.values())
+  assert config.parallel_parts == 2 and "2 parts at a time" in text  # the parts ran at once
   # The theory rows are the paper's, and every linked figure was copied.
   assert "84.1% / 59.4%" in text and "71.1% / 70.4%" in text and "76.0% / 65.8%" in text
   for link in text.split("](")[1:]:
@@ -332,3 +333,11 @@ def test_a_model_lock_lets_one_process_in_at_a_time(tmp_path):
   lines = log.read_text().split()
   pairs = list(zip(lines[0::4], lines[1::4], lines[2::4], lines[3::4]))
   assert len(lines) == 12 and all(a == c and b == "in" and d == "out" for a, b, c, d in pairs)
+
+
+def test_the_report_times_parts_run_at_once_from_first_start_to_last_end():
+  entries = [{"finished_at": "2026-12-05 10:30:00", "seconds": 1800.0},  # 10:00 -> 10:30
+             {"finished_at": "2026-12-05 10:50:00", "seconds": 2400.0},  # 10:10 -> 10:50
+             {"finished_at": "2026-12-05 11:00:00", "seconds": 600.0}]  # 10:50 -> 11:00
+  assert reproduction._span_minutes(entries) == pytest.approx(60.0)
+  assert reproduction._span_minutes([{"seconds": 3.0}]) is None  # an older parts.json

@@ -58,15 +58,10 @@ def start_run(config, workdir: str | os.PathLike, *, refuse_changes: bool = True
 
   Raises:
     ValueError: the workdir holds another config's results.
-    OSError: the workdir cannot be created or written (message names it).
+    _files.FolderNotWritableError: the workdir cannot be created or written
+      (an OSError; the message names it).
   """
-  workdir = pathlib.Path(workdir)
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-  except OSError as error:
-    raise OSError(f"cannot create the workdir {workdir}: {error}") from error
-  if not os.access(workdir, os.W_OK):
-    raise OSError(f"the workdir {workdir} is not writable; pass another --workdir")
+  workdir = _files.writable_folder(workdir, named="workdir")
   text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
   previous = workdir / "config.json"
   if previous.exists() and refuse_changes:

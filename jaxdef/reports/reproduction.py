@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import shutil
+import time
 from typing import Any
 
 from jaxdef import _files
@@ -560,6 +561,24 @@ def pictures_section(config, workdir: pathlib.Path, figures: _Figures,
   return lines
 
 
+def _span_minutes(entries: list[dict]) -> float | None:
+  """Minutes from the first part's start to the last one's end; None without the times.
+
+  A part's end is its ``finished_at`` (local time, to the second) and its
+  start that less its ``seconds``.
+  """
+  spans = []
+  for entry in entries:
+    try:
+      end = time.mktime(time.strptime(entry["finished_at"], "%Y-%m-%d %H:%M:%S"))
+    except (KeyError, TypeError, ValueError):
+      return None
+    spans.append((end - float(entry["seconds"]), end))
+  if not spans:
+    return None
+  return (max(end for _, end in spans) - min(start for start, _ in spans)) / 60
+
+
 def _run_facts(config, workdir: pathlib.Path) -> list[str]:
   parts_file = workdir / "parts.json"
   finished = _json(parts_file) if parts_file.exists() else {}
@@ -567,16 +586,27 @@ def _run_facts(config, workdir: pathlib.Path) -> list[str]:
            "minutes": (f"{finished[name]['seconds'] / 60:.1f}" if name in finished else
                        "not finished")} for name in config.order]
   total = sum(finished[name]["seconds"] for name in config.order if name in finished)
+  span = _span_minutes([finished[name] for name in config.order if name in finished])
+  at_once = int(config.get("parallel_parts", 1))
+  if span is not None and at_once > 1:
+    timing = (f"Wall time: {span:.1f} minutes from the first part's start to the last part's "
+              f"end, {at_once} parts at a time (config.parallel_parts; a pause between a "
+              f"stopped run and its resumption would count too); the parts' own wall times "
+              f"(parts.json; training included where a part trained its models first) sum "
+              f"to {total / 60:.1f} minutes.")
+  else:
+    timing = (f"Wall time of the parts (parts.json; training included where a part trained "
+              f"its models first): {total / 60:.1f} minutes in all.")
   environment = {}
   for name in config.order:
     path = workdir / name / "environment.json"
     if path.exists():
       environment = _json(path)
       break
-  return [f"Wall time of the parts (parts.json; training included where a part trained its "
-          f"models first): {total / 60:.1f} minutes in all. Software: jax "
-          f"{environment.get('jax', '?')}, flax {environment.get('flax', '?')}, backend "
-          f"{environment.get('backend', '?')} ({', '.join(environment.get('devices', []))}).",
+  devices = ", ".join(environment.get("devices", []))
+  return [f"{timing} Software: jax {environment.get('jax', '?')}, flax "
+          f"{environment.get('flax', '?')}, backend {environment.get('backend', '?')} "
+          f"({devices}).",
           "", tables.markdown(rows, [("part", "part"), ("experiment", "experiment"),
                                      ("minutes", "minutes")]), ""]
 

@@ -148,11 +148,10 @@ def gaussian_blur_parameters(
     int32 and float32 scalars: the odd size as `random_kernel_size` draws
     it, sigma uniform in [low, high).
   """
-  kernel_size_range = _check_kernel_size_range(kernel_size_range)
   sigma_range = _validate.check_interval(sigma_range, "sigma_range", 1e-6, 1e3)
   _validate.check_key(key)
   size_key, sigma_key = jax.random.split(key)
-  return (_odd_kernel_size(size_key, kernel_size_range),
+  return (random_kernel_size(size_key, kernel_size_range=kernel_size_range),
           jax.random.uniform(sigma_key, (), minval=sigma_range[0], maxval=sigma_range[1]))
 
 
@@ -180,8 +179,9 @@ def random_gaussian_blur(
   """
   kernel_size, sigma = gaussian_blur_parameters(key, kernel_size_range=kernel_size_range,
                                                 sigma_range=sigma_range)
-  kernel_size_range = _check_kernel_size_range(kernel_size_range)
-  return gaussian_blur(image, kernel_size, sigma, max_kernel_size=_max_odd(kernel_size_range))
+  # The static bound of the traced size (the range was checked by the draw).
+  return gaussian_blur(image, kernel_size, sigma,
+                       max_kernel_size=_max_odd(tuple(int(v) for v in kernel_size_range)))
 
 
 def _order_keys(values: jax.Array) -> jax.Array:
