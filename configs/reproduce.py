@@ -224,9 +224,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.models_dir = "runs/models"
   config.dtype = "float32"
   config.device_memory_gb = 0.0
-  # Parts run at once, each in its own process: one part keeps about one
-  # core busy, so two fill this two-core machine (models are still trained
-  # once; see jaxdef/experiments/_reproduce.py). 1 runs them one by one.
+  # Parts run at once, each in its own process (models are still trained
+  # once; see jaxdef/experiments/_reproduce.py): on two cores about 12% more
+  # throughput than one by one (BENCHMARKS.md). 1 runs them one by one.
   config.parallel_parts = 2
   # Where the report goes: "" is the workdir; the full run writes the
   # committed REPRODUCTION.md and its figures in the repository root.

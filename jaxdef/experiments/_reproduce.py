@@ -10,9 +10,10 @@ against the one it ran with). After the last part the report
 (`jaxdef.reports.reproduction`) is written from the parts' records.
 
 ``config.parallel_parts`` > 1 runs that many parts at once, each in a fresh
-(spawned) process, taking the parts in ``config.order``: on a small CPU one
-part keeps about one core busy (small models barely parallelise inside
-XLA), so two at once nearly halve the wall time on two cores. Parts sharing
+(spawned) process, taking the parts in ``config.order``. On the 2-core
+machine of BUILD.md two at once gained about 12% of throughput (each part
+ran 1.6 to 1.9 times slower beside another): a part alone already keeps
+both cores busy much of the time. Parts sharing
 a model wait for one another's training through a lock per model folder
 (`_fashion_models`), so each model is still trained once. Only this process
 writes ``parts.json``.
@@ -123,8 +124,7 @@ def describe(config) -> dict[str, Any]:
           "note": (f"attack time of one part after another at {rate:g} image-gradients/s "
                    "(config.report.gradients_per_second); training, votes and counted-only "
                    "savings not included"
-                   + (f"; {at_once} parts run at once, each on about one core"
-                      if at_once > 1 else ""))}
+                   + (f"; {at_once} parts run at once" if at_once > 1 else ""))}
 
 
 def parallel_parts(config) -> int:
@@ -173,12 +173,13 @@ def run_reproduce(config, workdir: pathlib.Path) -> dict:
   subs = part_configs(config)
   at_once = parallel_parts(config)
   finished = _read_parts(workdir)
-  todo = []
+  todo = []  # (announcement, name, config) of each part still to run
   for index, (name, sub) in enumerate(subs.items()):
     if finished.get(name, {}).get("finished"):
       _records.start_run(sub, workdir / name)  # refuses a changed config, as a fresh run would
     else:
-      todo.append((index, name, sub))
+      todo.append((f"[reproduce] part {index + 1}/{len(subs)}: {name} ({sub.experiment})",
+                   name, sub))
 
   def done(name: str, seconds: float) -> None:
     finished[name] = {"finished": True, "experiment": subs[name].experiment,
@@ -187,8 +188,6 @@ def run_reproduce(config, workdir: pathlib.Path) -> dict:
     _records.write_json(workdir / PARTS_FILE, finished)
     print(f"[reproduce] {name} done in {seconds / 60:.1f} min", flush=True)
 
-  todo = [(f"[reproduce] part {index + 1}/{len(subs)}: {name} ({sub.experiment})", name, sub)
-          for index, name, sub in todo]
   if at_once == 1 or len(todo) <= 1:
     for announce, name, sub in todo:
       print(announce, flush=True)
@@ -219,7 +218,7 @@ def _run_parallel(todo, workdir: pathlib.Path, at_once: int, done) -> None:
                name for announce, name, sub in todo}
     while running:
       ended, _ = concurrent.futures.wait(running,
-                                            return_when=concurrent.futures.FIRST_COMPLETED)
+                                         return_when=concurrent.futures.FIRST_COMPLETED)
       for future in ended:
         name = running.pop(future)
         if future.cancelled():
