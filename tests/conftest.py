@@ -4,22 +4,46 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optimization
 import pytest
 
 from jaxdef import compile_cache
 from jaxdef import data
 
+optimization.compile_quickly_unless_told_otherwise()
+
 # The test processes (pytest-xdist workers) and the `launch.run` subprocesses
 # share one persistent compilation cache for the session, never the user's
-# own: they compile many of the same attacks and votes.
-os.environ.setdefault(compile_cache.ENV, tempfile.mkdtemp(prefix="jaxdef-test-xla-"))
+# own: they compile many of the same attacks and votes. The process that makes
+# the folder (the pytest controller) removes it when the session ends.
+_SESSION_CACHE = None
+if compile_cache.ENV not in os.environ:
+  _SESSION_CACHE = tempfile.mkdtemp(prefix="jaxdef-test-xla-")
+  os.environ[compile_cache.ENV] = _SESSION_CACHE
 compile_cache.enable()
+
+
+def pytest_unconfigure(config):
+  del config  # unused
+  if _SESSION_CACHE is not None:
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _optimization_the_test_asks_for(request):
+  """Tests marked `full_optimization` compile as users' programs do (see optimization.py)."""
+  if request.node.get_closest_marker("full_optimization") is None:
+    yield
+  else:
+    with optimization.full_optimization():
+      yield
 
 
 @pytest.fixture(autouse=True)

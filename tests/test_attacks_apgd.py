@@ -107,6 +107,9 @@ def _reference_apgd(logits_fn, x, labels, eps, steps, norm, loss, targeted, true
   return np.stack(out), np.asarray(best), halvings
 
 
+# 40 steps of branches on f > f_max: an ulp apart, the two can take different
+# branches, so both compile as users' programs do.
+@pytest.mark.full_optimization
 @pytest.mark.parametrize("norm, loss, targeted, random_start", [
     ("inf", "ce", False, False), ("inf", "dlr", False, True), ("2", "ce", True, True),
     ("inf", "dlr", True, False)])

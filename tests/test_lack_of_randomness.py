@@ -83,6 +83,7 @@ def test_statistic_and_fit_match_a_numpy_reference():
   assert np.mean(np.asarray(flags) != expected_flags) <= 2 / 64
 
 
+@pytest.mark.full_optimization  # "at most fpr" holds to the last bit of the fitted quantile
 def test_false_positive_rate_on_clean_fitting_data_is_about_the_target():
   params, images = _mlp_params(seed=4), jnp.asarray(_images(400, seed=5))
   fn = _jax_mlp(params)
@@ -237,18 +238,26 @@ def test_rerun_skips_finished_cells(tiny_run, monkeypatch):
 
 
 def test_counted_only_attacks_fewer_images_for_the_same_records(tiny_run, tmp_path):
+  import ml_collections
+
   from jaxdef import experiments
   from jaxdef.experiments import _sweep
 
   config, _, result = tiny_run
   config = config.copy_and_resolve_references()
   config.attack.counted_only = True
+  # Two rows are enough: a deterministic model whose wrong images are skipped
+  # and SAP, a random model attacked whole. Every row's keys are named by the
+  # row, so its records do not depend on the others.
+  config.rows = ml_collections.ConfigDict(
+      {name: config.rows[name].to_dict() for name in ("random_crop", "sap")})
   # The tiny models get some images wrong: those are not attacked.
   fast = experiments.run(config, tmp_path / "fast")["records"]
   fields = ("unit", "k", "successes", "denominator", "misclassified", "flagged",
             "nonfinite_images")
-  assert [[r[f] for f in fields] for r in fast] == [[r[f] for f in fields]
-                                                   for r in result["records"]]
+  whole = [r for r in result["records"] if r["defense"] in ("random_crop", "sap")]
+  assert {r["defense"] for r in fast} == {"random_crop", "sap"}
+  assert [[r[f] for f in fields] for r in fast] == [[r[f] for f in fields] for r in whole]
   for record in fast:
     if record["defense"] == "sap":  # a random model is attacked whole
       assert record["attacked_images"] == record["num_images"]

@@ -18,13 +18,15 @@ Clopper-Pearson interval).
 import json
 
 import jax
+import optimization
 import pytest
 import regression_default
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-  return regression_default.sweep_records(tmp_path_factory.mktemp("sweep"))
+  with optimization.full_optimization():  # the pins are the programs users run
+    return regression_default.sweep_records(tmp_path_factory.mktemp("sweep"))
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="exact pins hold on a CPU only")
