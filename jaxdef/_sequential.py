@@ -35,7 +35,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 from jaxdef import sharding
 
@@ -69,6 +68,8 @@ def decision_table(num_votes: int, chunk: int, error: float, num_classes: int) -
     lower(a, t_j) > upper(b, t_j), t_j = min((j + 1) * chunk, n) draws; n + 1
     where no count decides (including b > t_j, which cannot occur).
   """
+  from scipy import stats  # here, not at the top: 0.5 s of every command's start
+
   level = per_bound_level(error, num_votes, chunk, num_classes)
   looks = looks_of(num_votes, chunk)
   table = np.full((looks, num_votes + 1), num_votes + 1, np.int32)

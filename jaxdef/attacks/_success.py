@@ -6,7 +6,6 @@ import dataclasses
 
 import jax
 import numpy as np
-from scipy import stats
 
 from jaxdef import _validate
 
@@ -24,6 +23,8 @@ def clopper_pearson(successes: int, trials: int, confidence: float = 0.95
     raise ValueError(f"confidence must be in (0, 1), got {confidence}")
   if trials == 0:
     return 0.0, 1.0
+  from scipy import stats  # here, not at the top: 0.5 s of every command's start
+
   tail = (1 - confidence) / 2
   low = 0.0 if successes == 0 else stats.beta.ppf(tail, successes, trials - successes + 1)
   high = 1.0 if successes == trials else stats.beta.ppf(1 - tail, successes + 1,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from jaxdef.attacks import clopper_pearson
 
@@ -55,6 +54,8 @@ def paired_test(first: np.ndarray, second: np.ndarray) -> dict:
     two-sided exact binomial p-value of "each discordant image is equally
     likely to go either way" (1.0 with no discordant images).
   """
+  from scipy import stats  # here, not at the top: 0.5 s of every command's start
+
   first, second = np.asarray(first, bool), np.asarray(second, bool)
   only_first, only_second = int((first & ~second).sum()), int((second & ~first).sum())
   discordant = only_first + only_second

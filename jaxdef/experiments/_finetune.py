@@ -74,8 +74,7 @@ def measure(clf: StochasticClassifier, key: jax.Array, images: jax.Array, labels
 
 def bar_figure(rows: list[dict], path, title: str) -> pathlib.Path:
   """One panel per defended metric; groups: defenses, bars: models."""
-  import matplotlib.pyplot as plt
-
+  plt = figures.pyplot()
   defenses = list(dict.fromkeys(r["defense"] for r in rows))
   model_labels = list(dict.fromkeys(r["model"] for r in rows))
   lookup = {(r["model"], r["defense"]): r for r in rows}

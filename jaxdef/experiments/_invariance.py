@@ -205,8 +205,7 @@ def _finish_axes(figure, axes, xlabel: str, title: str, path) -> pathlib.Path:
 
 def epochs_figure(records: list[dict], path, parameter: str, title: str) -> pathlib.Path:
   """Invariance, vote accuracy and attack success against fine-tuning epoch, per strength."""
-  import matplotlib.pyplot as plt
-
+  plt = figures.pyplot()
   figure, axes = plt.subplots(1, len(PANELS), figsize=(3.4 * len(PANELS), 3.2), sharey=True)
   for strength in sorted({r["strength"] for r in records}):
     line = sorted((r for r in records if r["strength"] == strength), key=lambda r: r["epoch"])
@@ -218,8 +217,7 @@ def epochs_figure(records: list[dict], path, parameter: str, title: str) -> path
 
 def tradeoff_figure(records: list[dict], path, parameter: str, title: str) -> pathlib.Path:
   """Invariance, vote accuracy and attack success against strength, before/after fine-tuning."""
-  import matplotlib.pyplot as plt
-
+  plt = figures.pyplot()
   figure, axes = plt.subplots(1, len(PANELS), figsize=(3.4 * len(PANELS), 3.2), sharey=True)
   for role, style in zip(ROLES, ("o-", "s--")):
     line = sorted((r for r in records if r["role"] == role), key=lambda r: r["strength"])

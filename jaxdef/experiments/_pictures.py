@@ -91,8 +91,7 @@ def picture_grid(clean: np.ndarray, adversarial: dict[str, np.ndarray], eps: flo
     path: output path without suffix (PNG and PDF are written).
     title: figure title.
   """
-  import matplotlib.pyplot as plt
-
+  plt = figures.pyplot()
   rows, columns = len(clean), 1 + 2 * len(adversarial)
   figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows + 0.4),
                               squeeze=False)

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+@functools.cache
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (files only; no display on servers and CI).
+
+  Imported on first use: importing it costs about 0.3 s of every command's
+  start, and most commands that end early (a mistake, a dry run) draw nothing.
+  """
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
 
 
 def show_image(axis, image: np.ndarray) -> None:
@@ -28,7 +40,7 @@ def save(figure, path: str | os.PathLike) -> pathlib.Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   figure.savefig(path.with_suffix(".png"), dpi=120, bbox_inches="tight")
   figure.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
-  plt.close(figure)
+  pyplot().close(figure)
   return path.with_suffix(".png")
 
 
@@ -44,7 +56,8 @@ def defense_samples(pictures: dict[str, np.ndarray], clean: np.ndarray, path,
   """
   rows = len(pictures)
   columns = per_defense + 1
-  figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows), squeeze=False)
+  figure, axes = pyplot().subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows),
+                                   squeeze=False)
   for row, (label, draws) in enumerate(pictures.items()):
     show_image(axes[row, 0], clean)
     axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
@@ -79,7 +92,7 @@ def success_heatmap(records, path, title: str) -> pathlib.Path:
     title: figure title.
   """
   ks, ms, grid = _grid(records, "k", "m")
-  figure, axis = plt.subplots(figsize=(1.2 + 0.9 * len(ms), 1.0 + 0.45 * len(ks)))
+  figure, axis = pyplot().subplots(figsize=(1.2 + 0.9 * len(ms), 1.0 + 0.45 * len(ks)))
   image = axis.imshow(100 * grid, cmap="viridis", vmin=0, vmax=100, aspect="auto",
                       origin="lower")
   for i in range(len(ks)):
@@ -103,7 +116,7 @@ def success_curves(records, path, title: str) -> pathlib.Path:
   steps more EOT samples help; at equal gradient computations (k x m) they
   may not. Error bars are the 95% Clopper-Pearson intervals.
   """
-  figure, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+  figure, axes = pyplot().subplots(1, 2, figsize=(9, 3.4), sharey=True)
   for m in sorted({r["m"] for r in records}):
     line = sorted((r for r in records if r["m"] == m), key=lambda r: r["k"])
     rate = np.array([100 * r["rate"] for r in line])
@@ -142,7 +155,7 @@ def eot_comparison_bars(records, path, title: str) -> pathlib.Path:
     title: figure title.
   """
   defenses = sorted({r["defense"] for r in records})
-  figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(defenses), 3.4))
+  figure, axis = pyplot().subplots(figsize=(1.6 + 1.3 * len(defenses), 3.4))
   width = 0.38
   for offset, setting, label in ((-width / 2, "published", "published EOT"),
                                  (width / 2, "eot1", "EOT-1, same budget")):
@@ -182,7 +195,7 @@ def theory_curves(rows, path, title: str) -> pathlib.Path:
     title: figure title.
   """
   ks = [r["k"] for r in rows]
-  figure, axis = plt.subplots(figsize=(5.5, 3.4))
+  figure, axis = pyplot().subplots(figsize=(5.5, 3.4))
   for key, label, style in (("accuracy", "benign accuracy", "-"),
                             ("robust_accuracy", "robust accuracy (given correct)", "-"),
                             ("invariance", "invariance R(k)", "-"),
@@ -221,7 +234,7 @@ def _theory_lines(axis, rows, x_key: str) -> None:
 
 
 def _theory_figure(rows, path, title: str, x_key: str, xlabel: str) -> pathlib.Path:
-  figure, axis = plt.subplots(figsize=(5.5, 3.4))
+  figure, axis = pyplot().subplots(figsize=(5.5, 3.4))
   _theory_lines(axis, rows, x_key)
   axis.set_xlabel(xlabel)
   axis.set_title(title, fontsize=9)
@@ -272,7 +285,7 @@ def audit_runs(runs, path, title: str) -> pathlib.Path:
       "denominator" (the audit's order: without EOT first).
   """
   heights, errors = _interval_errors(runs)
-  figure, axis = plt.subplots(figsize=(6.4, 0.9 + 0.32 * len(runs)))
+  figure, axis = pyplot().subplots(figsize=(6.4, 0.9 + 0.32 * len(runs)))
   colors = ["tab:blue" if r["m"] == 1 else "tab:orange" for r in runs]
   y = np.arange(len(runs))[::-1]
   axis.barh(y, heights, xerr=errors, color=colors, capsize=3)
@@ -293,10 +306,10 @@ def audit_eot(cells, path, title: str) -> pathlib.Path:
       "denominator".
   """
   heights, errors = _interval_errors(cells)
-  figure, axis = plt.subplots(figsize=(4.6, 3.2))
+  figure, axis = pyplot().subplots(figsize=(4.6, 3.2))
   axis.errorbar([c["m"] for c in cells], heights, yerr=errors, marker="o", capsize=3)
   axis.set_xscale("log")
-  axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+  axis.xaxis.set_minor_locator(pyplot().NullLocator())
   axis.set_xticks([c["m"] for c in cells], [f"m={c['m']}\nk={c['k']}" for c in cells],
                   fontsize=7)
   axis.set_ylim(0, 105)
