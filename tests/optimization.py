@@ -7,7 +7,7 @@ flag JAX provides for such smoke tests). Measured on the 2-core Intel Xeon,
 2026-12-05: `JAX_DISABLE_MOST_OPTIMIZATIONS=<0|1> python -m launch.run
 --config=configs/lack_of_randomness.py:tiny --compilation_cache=off` took
 74.0 s with full optimization and 47.9 s without (the same counts in every
-cell); the whole suite (`pytest -n 2 tests`) 1285 s and 953 s.
+cell); the whole suite (`pytest -n 2 tests`) 1282 s and 950 s.
 
 Tests whose assertions hold only for the programs users run (exact pinned
 counts, results on a float rounding boundary, long step-by-step references

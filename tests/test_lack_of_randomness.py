@@ -249,14 +249,14 @@ def test_counted_only_attacks_fewer_images_for_the_same_records(tiny_run, tmp_pa
   # Two rows are enough: a deterministic model whose wrong images are skipped
   # and SAP, a random model attacked whole. Every row's keys are named by the
   # row, so its records do not depend on the others.
-  config.rows = ml_collections.ConfigDict(
-      {name: config.rows[name].to_dict() for name in ("random_crop", "sap")})
+  rows = ("random_crop", "sap")
+  config.rows = ml_collections.ConfigDict({name: config.rows[name].to_dict() for name in rows})
   # The tiny models get some images wrong: those are not attacked.
   fast = experiments.run(config, tmp_path / "fast")["records"]
   fields = ("unit", "k", "successes", "denominator", "misclassified", "flagged",
             "nonfinite_images")
-  whole = [r for r in result["records"] if r["defense"] in ("random_crop", "sap")]
-  assert {r["defense"] for r in fast} == {"random_crop", "sap"}
+  whole = [r for r in result["records"] if r["defense"] in rows]
+  assert {r["defense"] for r in fast} == set(rows)
   assert [[r[f] for f in fields] for r in fast] == [[r[f] for f in fields] for r in whole]
   for record in fast:
     if record["defense"] == "sap":  # a random model is attacked whole
