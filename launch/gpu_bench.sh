@@ -41,7 +41,7 @@ else
   # ResNet-18 at 32 pixels, one image, one step, EOT-2; BaRT rates at 28 x 28.
   sizes=(--resnets=18@32 --resnet_mode=smoke --bfloat16=off --defense=smoothing --eot=2
          --steps=1 --votes=4 --bart_rates_sizes=28x2 --bart_rates_kappas=1 --repeats=1
-         --row_budget_s=1)
+         --row_budget_s=0.1)
 fi
 
 exec "$python" -m launch.bench --workdir="$workdir" --widths= --nostudy --bart_rates=on \

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from configs import default as default_config
+from jaxdef import defenses
 from jaxdef import experiments
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -81,6 +82,10 @@ def test_gpu_bench_smoke_runs_the_gpu_command_on_this_machine(tmp_path):
              for s in shapes)
   (size,) = result["bart_rates"]["sizes"]
   assert (size["side"], size["batch"], list(size["bart"])) == (28, 2, ["1"])
+  assert set(size["transforms"]) == {name for name, _ in defenses.BART_TRANSFORMS}
+  first = size["transforms"][defenses.BART_TRANSFORMS[0][0]]
+  assert size["bart"]["1"]["ratio"] == pytest.approx(
+      size["bart"]["1"]["seconds_per_draw"] / first["seconds_per_draw"])
   report = (tmp_path / "bench.md").read_text()
   assert "## Convolutions one by one" in report and "resnet18 32x32" in report
 
