@@ -1,9 +1,14 @@
 """Every `launch/` entry point: a user's mistake is one line on stderr and exit 2.
 
-Each case runs the entry point as a user would (a subprocess) and checks the
-exit status, that stderr is exactly one line starting "error:" and naming
-the field, flag or path, that no traceback is printed and that nothing was
-written; `--verbose` (and JAXDEF_VERBOSE=1) brings the traceback back.
+Each case runs the entry point as a user would, as `__main__` in a process
+of its own, and checks the exit status, that stderr is exactly one line
+starting "error:" and naming the field, flag or path, that no traceback is
+printed and that nothing was written; `--verbose` (and JAXDEF_VERBOSE=1)
+brings the traceback back.
+
+The cases' processes are forked from one that has imported the third-party
+libraries (JAX above all, about 1.5 s of every start); the `--verbose`
+tests and the bug's traceback start a fresh interpreter, as a user does.
 """
 
 from __future__ import annotations
@@ -22,9 +27,69 @@ UNCREATABLE = "/proc/jaxdef-cannot-create-this"
 
 
 def _launch(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+  """`python -m module args` in a fresh interpreter."""
   environment = {**os.environ, "PYTHONPATH": str(ROOT), "JAXDEF_VERBOSE": "", **(env or {})}
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=environment,
                         capture_output=True, text=True, timeout=300)
+
+
+# Reads one request per line ({"module", "args", "env", "stdout", "stderr"}),
+# forks, runs the module as __main__ in the child with its output in the two
+# files, and answers the child's exit status. jaxdef itself is not imported
+# before the fork: the child reads its environment as a fresh process does.
+_FORK_SERVER = """
+import json, os, runpy, sys, traceback
+import absl.app, absl.flags, flax, jax, ml_collections, numpy, optax, scipy  # noqa: F401
+for line in sys.stdin:
+  request = json.loads(line)
+  pid = os.fork()
+  if pid == 0:
+    code = 1
+    try:
+      for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+      os.environ.update(request["env"])
+      sys.argv = [request["module"], *request["args"]]
+      runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+      code = 0
+    except SystemExit as stop:  # as the interpreter itself treats it
+      if stop.code is None or isinstance(stop.code, int):
+        code = stop.code or 0
+      else:
+        print(stop.code, file=sys.stderr)
+    except BaseException:
+      traceback.print_exc()
+    finally:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(code)
+  _, status = os.waitpid(pid, 0)
+  print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def forked_launch(tmp_path_factory):
+  """Like `_launch`, each call a process forked from one warm interpreter."""
+  environment = {**os.environ, "PYTHONPATH": str(ROOT), "JAXDEF_VERBOSE": ""}
+  server = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], cwd=ROOT, env=environment,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  outputs = tmp_path_factory.mktemp("forked_launch")
+
+  def launch(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    out, err = outputs / "stdout", outputs / "stderr"
+    request = {"module": module, "args": list(args), "env": env or {}, "stdout": str(out),
+               "stderr": str(err)}
+    server.stdin.write(json.dumps(request) + "\n")
+    server.stdin.flush()
+    answer = server.stdout.readline()
+    assert answer, "the fork server died"
+    return subprocess.CompletedProcess([module, *args], json.loads(answer)["returncode"],
+                                       out.read_text(), err.read_text())
+
+  yield launch
+  server.stdin.close()
+  server.wait(timeout=60)
 
 
 def _held_workdir(path: pathlib.Path) -> str:
@@ -108,7 +173,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_a_mistake_is_one_line_and_exit_status_2(case, tmp_path):
+def test_a_mistake_is_one_line_and_exit_status_2(case, tmp_path, forked_launch):
   module, args, named = CASES[case]
   env = {}
   if "missing data set" in case:  # an empty folder, and no tensorflow-datasets copy either
@@ -117,7 +182,7 @@ def test_a_mistake_is_one_line_and_exit_status_2(case, tmp_path):
            "TFDS_DATA_DIR": str(tmp_path / "empty")}
   held = _held_workdir(tmp_path / "held") if "{held}" in " ".join(args) else ""
   args = [arg.format(tmp=tmp_path, held=held) for arg in args]
-  done = _launch(module, *args, env=env)
+  done = forked_launch(module, *args, env=env)
   _assert_one_line(done, *named)
   if "missing data set" not in case:  # found only once the run has started
     assert not (tmp_path / "run" / "config.json").exists()  # refused before writing
