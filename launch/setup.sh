@@ -48,13 +48,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$python" -m venv .venv
 fi
-# install --no-compile: no bytecode for every file of every package (torch
-# alone has thousands); Python compiles the modules it imports, once, on use.
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 requirements=(-r requirements.txt)
 [ "$with_tests" = 1 ] && requirements+=(-r requirements-test.txt)
 echo "setup: installing Python packages into .venv"
-"${pip[@]}" install --no-compile "${requirements[@]}" 2> >(grep -v "^WARNING: Location" >&2)
-"${pip[@]}" install --no-compile --no-deps --no-build-isolation -e . 2> >(grep -v "^WARNING: Location" >&2) \
-  || "${pip[@]}" install --no-compile --no-deps -e .
+"${pip[@]}" install "${requirements[@]}" 2> >(grep -v "^WARNING: Location" >&2)
+"${pip[@]}" install --no-deps --no-build-isolation -e . 2> >(grep -v "^WARNING: Location" >&2) \
+  || "${pip[@]}" install --no-deps -e .
 echo "setup: done (.venv ready$([ "$with_tests" = 1 ] && echo ', test tools included'))"
