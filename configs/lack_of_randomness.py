@@ -61,6 +61,17 @@ def _rows(relu: str, sap: str, kwta: str) -> dict:
   }
 
 
+# A deterministic model's row (random crop: the images it gets wrong are not
+# attacked) and a random model's (SAP: attacked whole): every row's code
+# path, for the runs that need only a sample of the rows.
+SAMPLE_ROWS = ("random_crop", "sap")
+
+
+def keep_rows(config: ml_collections.ConfigDict, names: tuple[str, ...]) -> None:
+  """Drops every row of `config.rows` but `names`, in place (each row's keys name the row)."""
+  config.rows = ml_collections.ConfigDict({name: config.rows[name].to_dict() for name in names})
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "imagenet"
   config = _common.new_config("lack_of_randomness")

@@ -61,7 +61,6 @@ TABLE1_QUERY_CAP = 1000  # gradient queries per image of one Table 1 setting
 SIGMAS = (0.12, 0.25, 0.5, 1.0)  # Tables 3-4, and the invariance study over sigma
 KAPPAS = (1, 2)  # the invariance study over BaRT's kappa
 KXM_DEFENSES = ("smoothing_025", "smoothing_050", "kappa_1", "kappa_2")
-TINY_TABLE1_ROWS = ("random_crop", "sap")  # a deterministic model's row and a random model's
 
 
 def scaled_budget(k: int, m: int, cap: int = TABLE1_QUERY_CAP) -> tuple[int, int]:
@@ -142,8 +141,7 @@ def _table1(base: dict, tiny: bool) -> ml_collections.ConfigDict:
         "kwta": dict(base, finetune_defense="", activation="kwta", kwta_ratio=0.1),
     })
   if tiny:
-    config.rows = ml_collections.ConfigDict(
-        {name: config.rows[name].to_dict() for name in TINY_TABLE1_ROWS})
+    lack_of_randomness.keep_rows(config, lack_of_randomness.SAMPLE_ROWS)
   cap = 8 if tiny else TABLE1_QUERY_CAP
   for published in paper.TABLE1:  # the paper's settings, scaled
     if published.defense not in config.rows:

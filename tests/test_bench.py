@@ -142,8 +142,9 @@ def test_missing_torchattacks_skips_only_the_eotpgd_rows(tmp_path, monkeypatch):
 def test_bart_rates_only_measures_bart_against_its_transforms(tmp_path, monkeypatch):
   """--bart_rates=only: each transform and BaRT-kappa timed, ratio = BaRT / sum of parts.
 
-  Two of BaRT's transforms stand for the list here (BaRT itself keeps all
-  of them); the GPU command's smoke test (test_launch.py) times every one.
+  Two of BaRT's transforms stand for the list here, and BaRT-kappa is built
+  from those two; the GPU command's smoke test (test_launch.py) times every
+  transform of the real list.
   """
   transforms = tuple(t for t in defenses.BART_TRANSFORMS if t[0] in ("quantization", "swirl"))
   monkeypatch.setattr(defenses, "BART_TRANSFORMS", transforms)

@@ -238,8 +238,7 @@ def test_rerun_skips_finished_cells(tiny_run, monkeypatch):
 
 
 def test_counted_only_attacks_fewer_images_for_the_same_records(tiny_run, tmp_path):
-  import ml_collections
-
+  from configs import lack_of_randomness
   from jaxdef import experiments
   from jaxdef.experiments import _sweep
 
@@ -249,8 +248,8 @@ def test_counted_only_attacks_fewer_images_for_the_same_records(tiny_run, tmp_pa
   # Two rows are enough: a deterministic model whose wrong images are skipped
   # and SAP, a random model attacked whole. Every row's keys are named by the
   # row, so its records do not depend on the others.
-  rows = ("random_crop", "sap")
-  config.rows = ml_collections.ConfigDict({name: config.rows[name].to_dict() for name in rows})
+  rows = lack_of_randomness.SAMPLE_ROWS
+  lack_of_randomness.keep_rows(config, rows)
   # The tiny models get some images wrong: those are not attacked.
   fast = experiments.run(config, tmp_path / "fast")["records"]
   fields = ("unit", "k", "successes", "denominator", "misclassified", "flagged",

@@ -60,24 +60,26 @@ def measure(sizes=SIZES, kappas=KAPPAS, *, min_calls: int = 5, budget_s: float =
     {"sizes": [{"side", "batch", "transforms": {name: rate}, "bart": {kappa:
     rate with "ratio"}}], ...}; a rate is `_rate`'s dict.
   """
-  names = [name for name, _ in defenses.BART_TRANSFORMS]
+  transforms = defenses.BART_TRANSFORMS  # BaRT-kappa below is built from these very ones
+  names = [name for name, _ in transforms]
   results = []
   for side, batch in sizes:
-    transforms = {}
+    alone = {}
     for name in names:
-      transforms[name] = _rate(defenses.get(name), side, batch, min_calls, budget_s)
+      alone[name] = _rate(defenses.get(name), side, batch, min_calls, budget_s)
       log(f"bart rates {side}x{side} (batch {batch}): {name} "
-          f"{transforms[name]['draws_per_second']:,.0f} draws/s")
+          f"{alone[name]['draws_per_second']:,.0f} draws/s")
     bart = {}
     for kappa in kappas:
-      row = _rate(defenses.bart(kappa=kappa), side, batch, min_calls, budget_s)
-      parts = sum(transforms[name]["seconds_per_draw"] for name in names[:kappa])
+      row = _rate(defenses.bart(kappa=kappa, transforms=transforms), side, batch, min_calls,
+                  budget_s)
+      parts = sum(alone[name]["seconds_per_draw"] for name in names[:kappa])
       row["ratio"] = row["seconds_per_draw"] / parts
       bart[kappa] = row
       log(f"bart rates {side}x{side} (batch {batch}): BaRT-{kappa} "
           f"{row['draws_per_second']:,.1f} draws/s, {row['ratio']:.2f}x its transforms "
           f"(compile {row['compile_s']:.1f} s)")
-    results.append({"side": side, "batch": batch, "transforms": transforms, "bart": bart})
+    results.append({"side": side, "batch": batch, "transforms": alone, "bart": bart})
   return {"sizes": results, "transforms": names,
           "what": "image-draws per second (mean over calls), one draw of an RGB batch per "
                   "call, jit-compiled, compilation excluded; ratio = BaRT-kappa seconds per "
