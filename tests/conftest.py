@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import dataclasses
 import os
 import shutil
@@ -18,6 +19,17 @@ from jaxdef import compile_cache
 from jaxdef import data
 
 optimization.compile_quickly_unless_told_otherwise()
+
+# The pytest-xdist workers and every subprocess the tests start run with
+# tcmalloc when it is installed (`launch/setup.sh` installs it): XLA, which
+# takes most of the suite's time compiling, allocates heavily and compiles
+# about 20% faster with it than with glibc's malloc (BENCHMARKS.md,
+# 2026-12-06). Set here, in the controller, before the workers start; the
+# results do not depend on the allocator (the exact pins of
+# test_regression_default hold either way).
+TCMALLOC = ctypes.util.find_library("tcmalloc_minimal")
+if TCMALLOC and TCMALLOC not in os.environ.get("LD_PRELOAD", ""):
+  os.environ["LD_PRELOAD"] = " ".join(filter(None, [os.environ.get("LD_PRELOAD"), TCMALLOC]))
 
 # The test processes (pytest-xdist workers) and the `launch.run` subprocesses
 # share one persistent compilation cache for the session, never the user's

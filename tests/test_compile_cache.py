@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import conftest
 import jax
 import jax.numpy as jnp
 import pytest
@@ -78,3 +79,12 @@ def test_release_drops_the_kernels_mappings():
   assert compile_cache.release_if_crowded(fraction=0.0)
   released, _ = compile_cache.memory_mappings()
   assert released < crowded - 20
+
+
+@pytest.mark.skipif(not conftest.TCMALLOC, reason="tcmalloc is not installed "
+                    "(launch/setup.sh installs libtcmalloc-minimal4 where it can)")
+def test_the_tests_subprocesses_compile_with_tcmalloc():
+  """conftest.py preloads tcmalloc into every process the suite starts (faster compiles)."""
+  maps = subprocess.run([sys.executable, "-c", "print(open('/proc/self/maps').read())"],
+                        capture_output=True, text=True, timeout=60, check=True).stdout
+  assert "libtcmalloc_minimal" in maps
