@@ -5,7 +5,8 @@
 #      and tcmalloc (libtcmalloc-minimal4: faster XLA compiles) if it can;
 #   2. the virtual environment .venv at the repository root;
 #   3. the Python packages of requirements.txt (plus requirements-test.txt
-#      with --test) and jaxdef itself, editable.
+#      with --test), installed with uv when it can (faster) and pip otherwise,
+#      and jaxdef itself, editable.
 # Usage: bash launch/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -72,7 +73,22 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 requirements=(-r requirements.txt)
 [ "$with_tests" = 1 ] && requirements+=(-r requirements-test.txt)
 echo "setup: installing Python packages into .venv"
-"${pip[@]}" install "${requirements[@]}" 2> >(grep -v "^WARNING: Location" >&2)
+# uv installs the same packages from the sources pip is configured with
+# (launch/pip_to_uv.py), about 30 s faster on a fresh machine; pip does it
+# wherever uv cannot be installed or fails.
+uv_args=()
+if "${pip[@]}" install uv >/dev/null 2>&1 \
+    && mapfile -t uv_args < <(.venv/bin/python launch/pip_to_uv.py) && [ ${#uv_args[@]} -gt 0 ] \
+    && .venv/bin/python -m uv pip install --python .venv/bin/python -q --compile-bytecode \
+         "${uv_args[@]}" "${requirements[@]}"; then
+  :
+else
+  echo "setup: installing with pip (uv was not available or failed)"
+  "${pip[@]}" install "${requirements[@]}" 2> >(grep -v "^WARNING: Location" >&2)
+fi
 "${pip[@]}" install --no-deps --no-build-isolation -e . 2> >(grep -v "^WARNING: Location" >&2) \
   || "${pip[@]}" install --no-deps -e .
+# jaxdef's own bytecode, once: where PYTHONDONTWRITEBYTECODE is set, every
+# process would otherwise compile its modules from source again.
+.venv/bin/python -m compileall -q jaxdef launch configs >/dev/null
 echo "setup: done (.venv ready$([ "$with_tests" = 1 ] && echo ', test tools included'))"

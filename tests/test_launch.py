@@ -96,3 +96,25 @@ def test_gpu_bench_without_a_gpu_says_how_to_get_one(tmp_path):
                         capture_output=True, text=True, timeout=300)
   assert done.returncode == 2 and "JAX sees no GPU" in done.stderr and "--smoke" in done.stderr
   assert not (tmp_path / "bench.json").exists()
+
+
+def test_setup_gives_uv_the_package_sources_pip_is_configured_with():
+  from launch import pip_to_uv
+
+  listed = ["global.find-links='/opt/wheels /more/wheels'",
+            "global.extra-index-url='file:///opt/pypi/simple'",
+            "install.extra-index-url='https://mirror.example/simple'",  # beats global
+            "global.constraint='/etc/constraints.txt'",
+            "global.cert='/etc/ssl/certs/ca-certificates.crt'",  # not a package source
+            ":env:.find-links='/env/wheels'",  # PIP_FIND_LINKS beats every file
+            "global.no-index='false'", "garbage without an equals sign"]
+  arguments = pip_to_uv.uv_arguments(listed)
+  pairs = list(zip(arguments[::2], arguments[1::2]))
+  assert pairs == [("--index-strategy", "unsafe-best-match"), ("--find-links", "/env/wheels"),
+                   ("--extra-index-url", "https://mirror.example/simple"),
+                   ("--constraint", "/etc/constraints.txt")]
+  assert pip_to_uv.uv_arguments([":env:.no-index='1'"])[-1] == "--no-index"
+  # This machine's own settings come through `pip config list` (empty is fine).
+  done = subprocess.run([sys.executable, "launch/pip_to_uv.py"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=60, check=True)
+  assert done.stdout.splitlines()[:2] == ["--index-strategy", "unsafe-best-match"]
