@@ -32,17 +32,19 @@ if ! python3 -c 'import ctypes.util, sys; sys.exit(not ctypes.util.find_library(
 fi
 apt_get=()
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  apt_get=(apt-get)
+  apt_get=(env DEBIAN_FRONTEND=noninteractive apt-get)
 elif command -v apt-get >/dev/null && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-  apt_get=(sudo apt-get)
+  apt_get=(sudo env DEBIAN_FRONTEND=noninteractive apt-get)
 fi
 if [ ${#packages[@]} -gt 0 ] && [ ${#apt_get[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${packages[*]}"
   "${apt_get[@]}" update -qq >/dev/null
   if [ "$need_data" = 1 ]; then
-    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq "${packages[@]}" >/dev/null
-  else  # only the speed-up is missing: not worth failing the set-up for
-    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq "${packages[@]}" >/dev/null \
+    "${apt_get[@]}" install -y -qq dataset-fashion-mnist >/dev/null
+  fi
+  if [[ " ${packages[*]} " == *" libtcmalloc-minimal4 "* ]]; then
+    # Only a speed-up: not worth failing the set-up for.
+    "${apt_get[@]}" install -y -qq libtcmalloc-minimal4 >/dev/null \
       || echo "setup: could not install libtcmalloc-minimal4; continuing without it" >&2
   fi
 elif [ "$need_data" = 1 ]; then
