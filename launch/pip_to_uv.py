@@ -1,7 +1,7 @@
 """The package sources pip is configured with, as uv arguments (used by launch/setup.sh).
 
 `launch/setup.sh` installs the requirements with uv when it can: on a fresh
-2-core machine 65 s against pip's 96 s (BENCHMARKS.md, 2026-12-06). uv must
+2-core machine 41-65 s against pip's 96 s (BENCHMARKS.md, 2026-12-06). uv must
 look where pip looks, so this reads pip's own settings (`pip config list`:
 pip.conf files and PIP_* environment variables, in pip's precedence) and
 prints the matching uv arguments, one per line. uv also takes the best

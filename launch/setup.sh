@@ -22,14 +22,14 @@ done
 data_dir="${JAXDEF_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}"
 need_data=0
 [ -f "$data_dir/t10k-images-idx3-ubyte.gz" ] || need_data=1
+# tcmalloc: XLA compiles 10-25% faster with it than with glibc's malloc
+# (BENCHMARKS.md, 2026-12-06); the tests preload it when it is installed.
+need_tcmalloc=0
+python3 -c 'import ctypes.util, sys; sys.exit(not ctypes.util.find_library("tcmalloc_minimal"))' \
+  2>/dev/null || need_tcmalloc=1
 packages=()
 [ "$need_data" = 1 ] && packages+=(dataset-fashion-mnist)
-# tcmalloc: XLA compiles about 20% faster with it than with glibc's malloc
-# (BENCHMARKS.md, 2026-12-06); the tests preload it when it is installed.
-if ! python3 -c 'import ctypes.util, sys; sys.exit(not ctypes.util.find_library("tcmalloc_minimal"))' \
-    2>/dev/null; then
-  packages+=(libtcmalloc-minimal4)
-fi
+[ "$need_tcmalloc" = 1 ] && packages+=(libtcmalloc-minimal4)
 apt_get=()
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt_get=(env DEBIAN_FRONTEND=noninteractive apt-get)
@@ -42,7 +42,7 @@ if [ ${#packages[@]} -gt 0 ] && [ ${#apt_get[@]} -gt 0 ]; then
   if [ "$need_data" = 1 ]; then
     "${apt_get[@]}" install -y -qq dataset-fashion-mnist >/dev/null
   fi
-  if [[ " ${packages[*]} " == *" libtcmalloc-minimal4 "* ]]; then
+  if [ "$need_tcmalloc" = 1 ]; then
     # Only a speed-up: not worth failing the set-up for.
     "${apt_get[@]}" install -y -qq libtcmalloc-minimal4 >/dev/null \
       || echo "setup: could not install libtcmalloc-minimal4; continuing without it" >&2
@@ -57,9 +57,9 @@ setup: Fashion-MNIST is not in $data_dir and this user cannot install it.
 MSG
   exit 1
 fi
-if [ ${#packages[@]} -gt 0 ] && [ ${#apt_get[@]} -eq 0 ]; then
+if [ "$need_tcmalloc" = 1 ] && [ ${#apt_get[@]} -eq 0 ]; then
   echo "setup: note: without libtcmalloc-minimal4 (sudo apt-get install libtcmalloc-minimal4)" \
-       "XLA compiles about 20% slower; everything else works" >&2
+       "XLA compiles 10-25% slower; everything else works" >&2
 fi
 
 python=${PYTHON:-python3}
@@ -76,8 +76,8 @@ requirements=(-r requirements.txt)
 [ "$with_tests" = 1 ] && requirements+=(-r requirements-test.txt)
 echo "setup: installing Python packages into .venv"
 # uv installs the same packages from the sources pip is configured with
-# (launch/pip_to_uv.py), about 30 s faster on a fresh machine; pip does it
-# wherever uv cannot be installed or fails.
+# (launch/pip_to_uv.py), 30-55 s faster on a fresh machine; pip does it
+# wherever uv cannot be installed or fails (an empty uv_args: the helper failed).
 uv_args=()
 if "${pip[@]}" install uv >/dev/null 2>&1 \
     && mapfile -t uv_args < <(.venv/bin/python launch/pip_to_uv.py) && [ ${#uv_args[@]} -gt 0 ] \

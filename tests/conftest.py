@@ -23,7 +23,7 @@ optimization.compile_quickly_unless_told_otherwise()
 # The pytest-xdist workers and every subprocess the tests start run with
 # tcmalloc when it is installed (`launch/setup.sh` installs it): XLA, which
 # takes most of the suite's time compiling, allocates heavily and compiles
-# about 20% faster with it than with glibc's malloc (BENCHMARKS.md,
+# 10-25% faster with it than with glibc's malloc (BENCHMARKS.md,
 # 2026-12-06). Set here, in the controller, before the workers start; the
 # results do not depend on the allocator (the exact pins of
 # test_regression_default hold either way).
