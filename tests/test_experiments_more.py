@@ -1,11 +1,14 @@
-"""Perturbation pictures, trained invariance and the invariance trade-off: tiny runs end to end."""
+"""Perturbation pictures, fine-tuning and the invariance trade-off: settings, cells, a tiny run.
+
+The invariance and pictures experiments run end to end as parts of the tiny
+reproduction (tests/test_reproduction.py), BaRT included.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -17,7 +20,6 @@ from configs import perturbation_pictures
 from jaxdef import experiments
 from jaxdef.experiments import _invariance
 from jaxdef.experiments import _pictures
-from jaxdef.reports import tables
 
 
 @pytest.fixture(scope="module")
@@ -41,44 +43,6 @@ def _check_rate(record):
   else:
     assert math.isnan(record["rate"])
   assert 0 <= record["ci_low"] <= record["ci_high"] <= 1
-
-
-def _check_sanity(run, summary: str, pairs: set, votes: int) -> None:
-  """Every attacked (model, defense) pair was sanity-checked first, at the run's votes."""
-  sanity = json.loads((run / "sanity.json").read_text())
-  assert {(r["model"], r["defense_label"]) for r in sanity} == pairs
-  for record in sanity:
-    assert record["num_votes"] == votes and record["random"] and record["finite_logits"]
-    assert 0 <= record["vote_correct"] <= record["num_images"]
-  assert "## Sanity check before attacking" in summary
-
-
-def test_pictures_tiny_run(tmp_path, models_dir):
-  config = _tiny(perturbation_pictures, models_dir)
-  result = experiments.run(config, tmp_path / "run")
-  run = tmp_path / "run"
-  records = json.loads((run / "records.json").read_text())
-  assert len(records) == len(result["records"]) == len(config.attack.settings)
-  budgets = {r["k"] * r["m"] for r in records}
-  assert len(budgets) == 1 and {r["gradient_computations"] for r in records} == budgets
-  assert {r["m"] for r in records} >= {1} and max(r["m"] for r in records) > 1
-  eps = config.attack.eps_255 / 255
-  for record in records:
-    _check_rate(record)
-    assert record["num_images"] == config.data.num_images
-    assert record["max_abs_delta"] <= eps + 1e-6
-    assert 0 <= record["mean_abs_delta_over_eps"] <= 1 + 1e-6
-    assert 0 <= record["saturated_fraction"] <= 1
-  # One evaluation key for every setting: the same clean votes, the same denominator.
-  assert len({r["denominator"] for r in records}) == 1
-  for suffix in ("png", "pdf"):
-    assert (run / "figures" / f"perturbations__base__smoothing_025.{suffix}").is_file()
-  summary = (run / "summary.md").read_text()
-  assert not tables.unqualified_rates(summary)
-  assert "k=4 x m=1" in summary and "k=2 x m=2" in summary
-  assert f"/{records[0]['denominator']}" in summary and "CI" in summary
-  _check_sanity(run, summary, {("base", label) for label in config.defenses},
-                config.attack.votes)
 
 
 def test_pictures_normalisation_and_budget_check():
@@ -116,71 +80,6 @@ def test_finetune_tiny_run(tmp_path, models_dir):
   assert "finetuned_smoothing_025" in (run / "summary.md").read_text()
   with pytest.raises(ValueError, match="allowed: fashion, tiny"):
     finetune_config.get_config("imagenet")
-
-
-# BaRT's draws take minutes to compile on two CPU cores (training step, votes and
-# APGD for two models); the smoothing study runs the same code path by default.
-SLOW = pytest.mark.skipif(not os.environ.get("JAXDEF_SLOW_TESTS"),
-                          reason="minutes on a CPU; set JAXDEF_SLOW_TESTS=1")
-
-
-@pytest.mark.parametrize("module", [invariance_smoothing,
-                                    pytest.param(invariance_bart, marks=SLOW)],
-                         ids=["smoothing", "bart"])
-def test_invariance_tiny_run(tmp_path, models_dir, module):
-  config = _tiny(module, models_dir)
-  result = experiments.run(config, tmp_path / "run")
-  run = tmp_path / "run"
-  records = result["records"]
-  parameter = config.invariance.parameter
-  expected = sorted(float(e[parameter]) for e in config.defenses.values())
-  assert len(records) == 2 * len(config.defenses)
-  for role in ("before", "after"):
-    assert sorted(r["strength"] for r in records if r["role"] == role) == expected
-  for record in records:
-    _check_rate(record)
-    assert record["num_images"] == config.data.num_images
-    assert record["num_votes"] == config.attack.votes
-    assert record["steps"] == config.attack.steps and record["eot"] == 1
-    assert record["gradient_computations"] == config.attack.steps
-    assert record["vote_accuracy"] == pytest.approx(record["denominator"] / record["num_images"])
-    assert record["robust_accuracy"] == pytest.approx(
-        (record["denominator"] - record["successes"]) / record["num_images"])
-    assert 0 <= record["invariance"] <= 1 and 0 <= record["clean_accuracy"] <= 1
-    if record["role"] == "before":
-      assert record["model"] == "base"
-    else:
-      assert record["model"] == f"finetuned_{record['defense']}"
-  # The base model's clean accuracy is one number whatever the defense.
-  assert len({r["clean_accuracy"] for r in records if r["role"] == "before"}) == 1
-  # Robustness during fine-tuning: epoch 0 is the base model's cell, the last
-  # epoch's checkpoint is the fine-tuned model measured with the same draws.
-  assert config.invariance.track_epochs
-  tracked = list(csv.DictReader((run / "epochs.csv").open()))
-  epochs = int(next(iter(config.models.values())).finetune_epochs)
-  assert len(tracked) == (epochs + 1) * len(config.defenses)
-  measured = ("successes", "denominator", "invariance", "clean_accuracy", "vote_accuracy")
-  for record in records:
-    role_epoch = 0 if record["role"] == "before" else epochs
-    row = next(r for r in tracked
-               if r["defense"] == record["defense"] and int(r["epoch"]) == role_epoch)
-    for field in measured:
-      assert float(row[field]) == pytest.approx(record[field]), (record["role"], field)
-  # The last epoch's cell is the "after" record itself, not written twice.
-  assert len(list((run / "records").glob("*.json"))) == len(records) + (epochs - 1) * len(
-      config.defenses)
-  for suffix in ("png", "pdf"):
-    assert (run / "figures" / f"invariance_tradeoff.{suffix}").is_file()
-    assert (run / "figures" / f"invariance_epochs.{suffix}").is_file()
-  assert f"{parameter} sweep" in (run / "summary.md").read_text()
-  assert not tables.unqualified_rates((run / "summary.md").read_text())
-  assert "During fine-tuning" in (run / "summary.md").read_text()
-  _check_sanity(run, (run / "summary.md").read_text(),
-                {(r["model"], r["defense"]) for r in records}, config.attack.votes)
-  # A rerun resumes from the records: nothing recomputed, the same numbers.
-  again = experiments.run(config, tmp_path / "run")
-  strip = lambda rs: [{k: v for k, v in r.items() if k != "success"} for r in rs]
-  assert strip(again["records"]) == strip(records)
 
 
 def _cell_attack(**fast):

@@ -16,6 +16,7 @@ from jaxdef import experiments
 from jaxdef.experiments import _reproduce
 from jaxdef.reports import paper
 from jaxdef.reports import reproduction
+from jaxdef.reports import tables
 from jaxdef.reports import verdicts
 
 
@@ -153,6 +154,11 @@ def tiny_run(tmp_path_factory):
   config = reproduce.get_config("tiny")
   config.models_dir = str(root / "models")
   config.progress = False
+  # One part at a time, in this process: the parts share its compiled
+  # programs (about 16% less CPU time than two spawned processes each
+  # compiling their own, and the suite's other worker keeps the second core
+  # busy). Parts run at once are tested on theory parts below.
+  config.parallel_parts = 1
   workdir = root / "run"
   experiments.run(config, workdir)
   return config, workdir
@@ -166,7 +172,7 @@ def test_tiny_run_writes_every_section(tiny_run):
   parts = json.loads((workdir / "parts.json").read_text())
   assert sorted(parts) == sorted(config.order)
   assert all(entry["finished"] and entry["seconds"] >= 0 for entry in parts.values())
-  assert config.parallel_parts == 2 and "2 parts at a time" in text  # the parts ran at once
+  assert "parts at a time" not in text  # one by one (parts at once: see below)
   # The theory rows are the paper's, and every linked figure was copied.
   assert "84.1% / 59.4%" in text and "71.1% / 70.4%" in text and "76.0% / 65.8%" in text
   for link in text.split("](")[1:]:
@@ -174,17 +180,139 @@ def test_tiny_run_writes_every_section(tiny_run):
     assert target.exists(), target
 
 
-def test_bart_goes_through_fine_tuning_attack_and_vote(tiny_run):
-  """The tiny run's BaRT invariance part: a model fine-tuned on BaRT, APGD and votes on it."""
+def _part(tiny_run, name):
+  """(the part's experiment config, its folder) in the tiny run."""
+  config, workdir = tiny_run
+  return _reproduce.part_configs(config)[name], workdir / name
+
+
+def _check_rate(record):
+  assert 0 <= record["successes"] <= record["denominator"] <= record["num_images"]
+  if record["denominator"]:
+    assert record["rate"] == pytest.approx(record["successes"] / record["denominator"])
+    assert record["ci_low"] <= record["rate"] <= record["ci_high"]
+  else:
+    assert math.isnan(record["rate"])
+  assert 0 <= record["ci_low"] <= record["ci_high"] <= 1
+
+
+def _check_sanity(run, summary: str, pairs: set, votes: int) -> None:
+  """Every attacked (model, defense) pair was sanity-checked first, at the run's votes."""
+  sanity = json.loads((run / "sanity.json").read_text())
+  assert {(r["model"], r["defense_label"]) for r in sanity} == pairs
+  for record in sanity:
+    assert record["num_votes"] == votes and record["random"] and record["finite_logits"]
+    assert 0 <= record["vote_correct"] <= record["num_images"]
+  assert "## Sanity check before attacking" in summary
+
+
+def _invariance_records(run) -> list[dict]:
+  """The study's cells in records/, without the fine-tuning epochs' cells (epochs.csv)."""
+  records = [json.loads(p.read_text()) for p in sorted((run / "records").glob("*.json"))]
+  return [r for r in records if "epoch" not in r]
+
+
+@pytest.mark.parametrize("part", ["invariance_smoothing", "invariance_bart"])
+def test_invariance_part_measures_every_strength_before_after_and_per_epoch(tiny_run, part):
+  """Trained invariance end to end (BaRT included): fine-tuning, APGD, votes, epoch tracking."""
   import csv
 
-  _, workdir = tiny_run
-  rows = list(csv.DictReader((workdir / "invariance_bart" / "results.csv").open()))
-  after = [row for row in rows if row["role"] == "after"]
-  assert after and all(row["model"].startswith("finetuned_kappa_") for row in after)
-  for row in rows:
-    assert int(row["num_votes"]) > 0 and int(row["gradient_computations"]) > 0
-    assert 0 <= int(row["successes"]) <= int(row["denominator"]) <= int(row["num_images"])
+  config, run = _part(tiny_run, part)
+  records = _invariance_records(run)
+  parameter = config.invariance.parameter
+  modes = tuple(config.attack.targeted)
+  expected = sorted(float(e[parameter]) for e in config.defenses.values())
+  assert len(records) == 2 * len(config.defenses) * len(modes)
+  for role in ("before", "after"):
+    for targeted in modes:
+      assert sorted(r["strength"] for r in records
+                    if r["role"] == role and r["targeted"] == targeted) == expected
+  for record in records:
+    _check_rate(record)
+    assert record["num_images"] == config.data.num_images
+    assert record["num_votes"] == config.attack.votes
+    assert record["steps"] == config.attack.steps and record["eot"] == 1
+    assert record["gradient_computations"] == config.attack.steps
+    assert record["vote_accuracy"] == pytest.approx(record["denominator"] / record["num_images"])
+    assert record["robust_accuracy"] == pytest.approx(
+        (record["denominator"] - record["successes"]) / record["num_images"])
+    assert 0 <= record["invariance"] <= 1 and 0 <= record["clean_accuracy"] <= 1
+    if record["role"] == "before":
+      assert record["model"] == "base"
+    else:
+      assert record["model"] == f"finetuned_{record['defense']}"
+  # The base model's clean accuracy is one number whatever the defense.
+  assert len({r["clean_accuracy"] for r in records if r["role"] == "before"}) == 1
+  # Robustness during fine-tuning: epoch 0 is the base model's cell, the last
+  # epoch's checkpoint is the fine-tuned model measured with the same draws.
+  assert config.invariance.track_epochs
+  tracked = list(csv.DictReader((run / "epochs.csv").open()))
+  epochs = int(next(iter(config.models.values())).finetune_epochs)
+  assert len(tracked) == (epochs + 1) * len(config.defenses) * len(modes)
+  measured = ("successes", "denominator", "invariance", "clean_accuracy", "vote_accuracy")
+  for record in records:
+    role_epoch = 0 if record["role"] == "before" else epochs
+    row = next(r for r in tracked if r["defense"] == record["defense"]
+               and (r["targeted"] == "True") == record["targeted"]
+               and int(r["epoch"]) == role_epoch)
+    for field in measured:
+      assert float(row[field]) == pytest.approx(record[field]), (record["role"], field)
+  # The last epoch's cell is the "after" record itself, not written twice.
+  assert len(list((run / "records").glob("*.json"))) == len(records) + (epochs - 1) * len(
+      config.defenses) * len(modes)
+  for suffix in ("png", "pdf"):
+    assert (run / "figures" / f"invariance_tradeoff.{suffix}").is_file()
+    assert (run / "figures" / f"invariance_epochs.{suffix}").is_file()
+  summary = (run / "summary.md").read_text()
+  assert f"{parameter} sweep" in summary and "During fine-tuning" in summary
+  assert not tables.unqualified_rates(summary)
+  _check_sanity(run, summary, {(r["model"], r["defense"]) for r in records},
+                config.attack.votes)
+
+
+def test_a_rerun_of_a_finished_invariance_part_recomputes_nothing(tiny_run, monkeypatch):
+  from jaxdef.experiments import _invariance
+
+  config, run = _part(tiny_run, "invariance_smoothing")
+  before = _invariance_records(run)
+  monkeypatch.setattr(_invariance, "measure_cell", _must_not_run)
+  again = experiments.run(config, run)["records"]
+  # What the summary adds to the records ("success", "mode") is not on disk.
+  strip = lambda rs: sorted(({k: v for k, v in r.items() if k not in ("success", "mode")}
+                             for r in rs),
+                            key=lambda r: (r["defense"], r["model"], r["targeted"]))
+  assert strip(again) == strip(before)
+
+
+def _must_not_run(*args, **kwargs):
+  raise AssertionError("a finished cell was computed again")
+
+
+def test_pictures_part_shows_one_budget_split_every_way(tiny_run):
+  config, run = _part(tiny_run, "pictures")
+  records = json.loads((run / "records.json").read_text())
+  assert len(records) == len(config.attack.settings)
+  budgets = {r["k"] * r["m"] for r in records}
+  assert len(budgets) == 1 and {r["gradient_computations"] for r in records} == budgets
+  assert {r["m"] for r in records} >= {1} and max(r["m"] for r in records) > 1
+  eps = config.attack.eps_255 / 255
+  for record in records:
+    _check_rate(record)
+    assert record["num_images"] == config.data.num_images
+    assert record["max_abs_delta"] <= eps + 1e-6
+    assert 0 <= record["mean_abs_delta_over_eps"] <= 1 + 1e-6
+    assert 0 <= record["saturated_fraction"] <= 1
+  # One evaluation key for every setting: the same clean votes, the same denominator.
+  assert len({r["denominator"] for r in records}) == 1
+  (model,), (defense,) = config.models.keys(), config.defenses.keys()
+  for suffix in ("png", "pdf"):
+    assert (run / "figures" / f"perturbations__{model}__{defense}.{suffix}").is_file()
+  summary = (run / "summary.md").read_text()
+  assert not tables.unqualified_rates(summary)
+  for k, m in config.attack.settings:
+    assert f"k={k} x m={m}" in summary
+  assert f"/{records[0]['denominator']}" in summary and "CI" in summary
+  _check_sanity(run, summary, {(model, defense)}, config.attack.votes)
 
 
 def test_second_run_enters_no_part_and_writes_the_same_report(tiny_run):
@@ -302,7 +430,8 @@ def test_parts_at_once_record_each_and_a_failed_part_is_raised_then_resumed(tmp_
   parts = json.loads((workdir / "parts.json").read_text())
   assert sorted(parts) == ["theory", "three", "two"]
   assert all(entry["finished"] for entry in parts.values())
-  assert "84.1% / 59.4%" in (workdir / "REPRODUCTION.md").read_text()
+  text = (workdir / "REPRODUCTION.md").read_text()
+  assert "84.1% / 59.4%" in text and "2 parts at a time" in text
 
 
 def _hold_and_log(lock: str, log: str, name: str) -> None:
