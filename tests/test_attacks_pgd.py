@@ -91,11 +91,14 @@ def test_eot_gradient_is_the_mean_of_single_draw_gradients():
                                 jd.defenses.randomized_smoothing(0.1))
   clf = jd.StochasticClassifier(linear_logits, defense)
   objective_fn = lambda logits: objective(logits, y, "ce", False)
-  values, grads = eot_value_and_grad(clf, KEY, x, objective_fn, 6)
+  # Jitted as the attacks call it: one program each instead of hundreds of eager ops.
+  eot_run = jax.jit(lambda x, chunk: eot_value_and_grad(clf, KEY, x, objective_fn, 6, chunk),
+                    static_argnums=1)
+  values, grads = eot_run(x, None)
   single = jax.jit(jax.grad(lambda z, k: objective_fn(clf.logits(k, z)).sum()))
   singles = [single(x, draw_key) for draw_key in jax.random.split(KEY, 6)]
   np.testing.assert_allclose(grads, np.mean(singles, axis=0), rtol=1e-5, atol=1e-6)
-  chunked_values, chunked = eot_value_and_grad(clf, KEY, x, objective_fn, 6, chunk_size=4)
+  chunked_values, chunked = eot_run(x, 4)
   np.testing.assert_allclose(chunked, grads, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(chunked_values, values, rtol=1e-5)
 
