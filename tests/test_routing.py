@@ -98,11 +98,12 @@ def test_pytree_operands_and_outputs_with_integer_leaves():
               lambda d: {"y": d["x"] * d["n"], "z": -d["x"].sum()})
   index = jnp.array([0, 1, 1, 0, 1])
   data = {"x": jnp.arange(10.0).reshape(5, 2), "n": jnp.arange(5)}
-  routed = jax.vmap(lambda i, d: routed_switch(i, branches, d))(index, data)
+  # Jitted: eagerly, each of the routing's ops would compile on its own.
+  routed = jax.jit(jax.vmap(lambda i, d: routed_switch(i, branches, d)))(index, data)
   switched = jax.vmap(lambda i, d: jax.lax.switch(i, branches, d))(index, data)
   jax.tree_util.tree_map(np.testing.assert_array_equal, routed, switched)
-  grad = jax.grad(lambda x: jax.vmap(lambda i, d: routed_switch(i, branches, d)["z"])(
-      index, {"x": x, "n": data["n"]}).sum())(data["x"])
+  grad = jax.jit(jax.grad(lambda x: jax.vmap(lambda i, d: routed_switch(i, branches, d)["z"])(
+      index, {"x": x, "n": data["n"]}).sum()))(data["x"])
   np.testing.assert_array_equal(grad, np.where(np.asarray(index)[:, None] == 0, 1.0, -1.0)
                                 * np.ones((5, 2)))
 
