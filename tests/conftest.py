@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes.util
 import dataclasses
+import math
 import os
 import shutil
 import tempfile
@@ -79,6 +80,17 @@ def _release_compiled_programs_near_the_mapping_cap():
   """A worker runs hundreds of tests in one process; see compile_cache.release_if_crowded."""
   yield
   compile_cache.release_if_crowded()
+
+
+def check_rate(record: dict) -> None:
+  """A success record's count, denominator, rate and 95% interval are consistent."""
+  assert 0 <= record["successes"] <= record["denominator"] <= record["num_images"]
+  if record["denominator"]:
+    assert record["rate"] == pytest.approx(record["successes"] / record["denominator"])
+    assert record["ci_low"] <= record["rate"] <= record["ci_high"]
+  else:
+    assert math.isnan(record["rate"])
+  assert 0 <= record["ci_low"] <= record["ci_high"] <= 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 
 import numpy as np
 import pytest
+from conftest import check_rate
 
 from configs import finetune as finetune_config
 from configs import invariance_bart
@@ -33,16 +33,6 @@ def _tiny(module, models_dir, variant="tiny"):
   config.models_dir = str(models_dir)
   config.progress = False
   return config
-
-
-def _check_rate(record):
-  assert 0 <= record["successes"] <= record["denominator"] <= record["num_images"]
-  if record["denominator"]:
-    assert record["rate"] == pytest.approx(record["successes"] / record["denominator"])
-    assert record["ci_low"] <= record["rate"] <= record["ci_high"]
-  else:
-    assert math.isnan(record["rate"])
-  assert 0 <= record["ci_low"] <= record["ci_high"] <= 1
 
 
 def test_pictures_normalisation_and_budget_check():
@@ -121,7 +111,7 @@ def test_counted_only_cell_attacks_fewer_images_for_the_same_counts(fashion_mlp,
       clf, key, images, labels, _cell_attack(counted_only=True, sequential_votes=True), targets)
   assert noisy["attacked_images"] == -(-noisy["denominator"] // bucket) * bucket < 40
   assert noisy["vote_forward_passes"] < noisy_whole["vote_forward_passes"] == 2 * 40 * 40
-  _check_rate(noisy)
+  check_rate(noisy)
 
 
 def test_invariance_config_checks():

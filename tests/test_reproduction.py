@@ -9,6 +9,7 @@ import math
 import pathlib
 
 import pytest
+from conftest import check_rate
 from scipy import stats
 
 from configs import reproduce
@@ -186,16 +187,6 @@ def _part(tiny_run, name):
   return _reproduce.part_configs(config)[name], workdir / name
 
 
-def _check_rate(record):
-  assert 0 <= record["successes"] <= record["denominator"] <= record["num_images"]
-  if record["denominator"]:
-    assert record["rate"] == pytest.approx(record["successes"] / record["denominator"])
-    assert record["ci_low"] <= record["rate"] <= record["ci_high"]
-  else:
-    assert math.isnan(record["rate"])
-  assert 0 <= record["ci_low"] <= record["ci_high"] <= 1
-
-
 def _check_sanity(run, summary: str, pairs: set, votes: int) -> None:
   """Every attacked (model, defense) pair was sanity-checked first, at the run's votes."""
   sanity = json.loads((run / "sanity.json").read_text())
@@ -228,7 +219,7 @@ def test_invariance_part_measures_every_strength_before_after_and_per_epoch(tiny
       assert sorted(r["strength"] for r in records
                     if r["role"] == role and r["targeted"] == targeted) == expected
   for record in records:
-    _check_rate(record)
+    check_rate(record)
     assert record["num_images"] == config.data.num_images
     assert record["num_votes"] == config.attack.votes
     assert record["steps"] == config.attack.steps and record["eot"] == 1
@@ -297,7 +288,7 @@ def test_pictures_part_shows_one_budget_split_every_way(tiny_run):
   assert {r["m"] for r in records} >= {1} and max(r["m"] for r in records) > 1
   eps = config.attack.eps_255 / 255
   for record in records:
-    _check_rate(record)
+    check_rate(record)
     assert record["num_images"] == config.data.num_images
     assert record["max_abs_delta"] <= eps + 1e-6
     assert 0 <= record["mean_abs_delta_over_eps"] <= 1 + 1e-6
