@@ -156,9 +156,9 @@ def tiny_run(tmp_path_factory):
   config.models_dir = str(root / "models")
   config.progress = False
   # One part at a time, in this process: the parts share its compiled
-  # programs (about 16% less CPU time than two spawned processes each
-  # compiling their own, and the suite's other worker keeps the second core
-  # busy). Parts run at once are tested on theory parts below.
+  # programs (less CPU time than two spawned processes each compiling their
+  # own, and the suite's other worker keeps the second core busy). Parts run
+  # at once are tested on theory parts below.
   config.parallel_parts = 1
   workdir = root / "run"
   experiments.run(config, workdir)
@@ -203,7 +203,8 @@ def _invariance_records(run) -> list[dict]:
   return [r for r in records if "epoch" not in r]
 
 
-@pytest.mark.parametrize("part", ["invariance_smoothing", "invariance_bart"])
+@pytest.mark.parametrize("part", ["invariance_smoothing", "invariance_smoothing_eps8",
+                                  "invariance_bart"])
 def test_invariance_part_measures_every_strength_before_after_and_per_epoch(tiny_run, part):
   """Trained invariance end to end (BaRT included): fine-tuning, APGD, votes, epoch tracking."""
   import csv
@@ -213,6 +214,8 @@ def test_invariance_part_measures_every_strength_before_after_and_per_epoch(tiny
   parameter = config.invariance.parameter
   modes = tuple(config.attack.targeted)
   expected = sorted(float(e[parameter]) for e in config.defenses.values())
+  if part == "invariance_smoothing_eps8":
+    assert len(expected) == 2  # the tiny run's invariance over two strengths
   assert len(records) == 2 * len(config.defenses) * len(modes)
   for role in ("before", "after"):
     for targeted in modes:
