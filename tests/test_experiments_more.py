@@ -22,19 +22,6 @@ from jaxdef.experiments import _invariance
 from jaxdef.experiments import _pictures
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-  # One folder for the module: the tiny base model is trained once and reused.
-  return tmp_path_factory.mktemp("models")
-
-
-def _tiny(module, models_dir, variant="tiny"):
-  config = module.get_config(variant)
-  config.models_dir = str(models_dir)
-  config.progress = False
-  return config
-
-
 def test_pictures_normalisation_and_budget_check():
   eps = 0.1
   np.testing.assert_allclose(_pictures.normalised(np.array([-eps, 0.0, eps]), eps),
@@ -47,8 +34,10 @@ def test_pictures_normalisation_and_budget_check():
     perturbation_pictures.get_config("imagent")
 
 
-def test_finetune_tiny_run(tmp_path, models_dir):
-  config = _tiny(finetune_config, models_dir)
+def test_finetune_tiny_run(tmp_path):
+  config = finetune_config.get_config("tiny")
+  config.models_dir = str(tmp_path / "models")
+  config.progress = False
   result = experiments.run(config, tmp_path / "run")
   run = tmp_path / "run"
   rows = result["rows"]
