@@ -172,3 +172,44 @@ def test_a_live_claim_is_waited_for_then_a_stale_one_recomputed(single, tmp_path
   os.utime(claim, (old, old))  # its owner stopped beating: taken over, computed here
   assert _strip(_run(workdir, claim_stale_s=60, poll_s=0.1)) == _strip(single)
   assert json.loads((workdir / "claims" / f"{item}.claim1").read_text())["pid"] == os.getpid()
+
+
+def test_a_process_killed_while_claiming_leaves_no_claim_to_wait_for(tmp_path, monkeypatch):
+  # Killed between creating the claim and writing its owner, a process used
+  # to leave an empty claim that every rerun waited on for stale_after_s.
+  directory = tmp_path / "claims"
+  dying = _claims.Claims(directory, stale_after_s=600)
+
+  def killed(*args, **kwargs):
+    raise SystemExit("killed mid-write")
+
+  monkeypatch.setattr(_claims.json, "dump", killed)
+  with pytest.raises(SystemExit):
+    dying.acquire("item")
+  monkeypatch.undo()
+  assert dying.latest("item") == (-1, None)
+  rerun = _claims.Claims(directory, stale_after_s=600)
+  try:
+    assert rerun.acquire("item")  # at once, not after 600 s
+    assert rerun.owner(rerun.latest("item")[1])["pid"] == os.getpid()
+    assert sorted(p.name for p in directory.iterdir() if "clock" not in p.name) == ["item.claim0"]
+  finally:
+    rerun.close()
+    dying.close()
+
+
+def test_without_hard_links_claims_are_created_in_place(tmp_path, monkeypatch):
+  def no_links(source, target):
+    raise PermissionError(1, "Operation not permitted")
+
+  monkeypatch.setattr(_claims.os, "link", no_links)
+  first, second = (_claims.Claims(tmp_path, stale_after_s=600) for _ in range(2))
+  second.host = "elsewhere"  # a rival on another host
+  try:
+    assert first.acquire("item") and not second.acquire("item")
+    assert first.owner(first.latest("item")[1])["host"] == first.host
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(("draft", "claim0"))] == [
+        "item.claim0"]
+  finally:
+    first.close()
+    second.close()
