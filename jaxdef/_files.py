@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -45,6 +46,56 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
 def write_json(path: str | os.PathLike, value: Any) -> None:
   """Writes `value` as indented, key-sorted JSON, atomically."""
   write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# What `os.link` raises on a file system without hard links (some FUSE and
+# SMB mounts); `create_exclusively` then creates the file in place.
+_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def create_exclusively(path: str | os.PathLike, text: str) -> bool:
+  """Creates `path` holding `text` unless it exists; True when this call created it.
+
+  Of several processes creating the same path at once exactly one succeeds
+  (also over NFS), and no one ever sees the file half-written: the text is
+  written whole under a private draft name, then hard-linked into place
+  (`os.link` fails when the path exists). A process killed while writing
+  leaves only its ``.<name>.*.draft`` file. A file created empty by
+  `O_EXCL` and filled afterwards would, if its creator died in between,
+  name no owner, so no one could tell that its owner was gone.
+
+  On a file system without hard links the file is created with `O_EXCL`
+  and then written, which keeps the exclusivity but not the whole-or-nothing
+  content.
+  """
+  path = pathlib.Path(path)
+  handle, draft = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".draft")
+  try:
+    os.fchmod(handle, 0o644)  # mkstemp's 0600 would hide the owner from other users
+    with os.fdopen(handle, "w") as file:
+      file.write(text)
+      file.flush()
+      os.fsync(file.fileno())
+    try:
+      os.link(draft, path)
+      return True
+    except FileExistsError:
+      return False
+    except OSError as error:
+      if error.errno not in _NO_HARD_LINKS:
+        raise
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(draft)
+  try:
+    handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(handle, "w") as file:
+    file.write(text)
+    file.flush()
+    os.fsync(file.fileno())
+  return True
 
 
 @contextlib.contextmanager

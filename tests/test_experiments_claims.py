@@ -12,6 +12,7 @@ import time
 import jax
 import pytest
 
+from jaxdef import _files
 from jaxdef.experiments import _claims
 from jaxdef.experiments import _sweep
 
@@ -183,7 +184,7 @@ def test_a_process_killed_while_claiming_leaves_no_claim_to_wait_for(tmp_path, m
   def killed(*args, **kwargs):
     raise SystemExit("killed mid-write")
 
-  monkeypatch.setattr(_claims.json, "dump", killed)
+  monkeypatch.setattr(_files.os, "fsync", killed)
   with pytest.raises(SystemExit):
     dying.acquire("item")
   monkeypatch.undo()
@@ -202,7 +203,7 @@ def test_without_hard_links_claims_are_created_in_place(tmp_path, monkeypatch):
   def no_links(source, target):
     raise PermissionError(1, "Operation not permitted")
 
-  monkeypatch.setattr(_claims.os, "link", no_links)
+  monkeypatch.setattr(_files.os, "link", no_links)
   first, second = (_claims.Claims(tmp_path, stale_after_s=600) for _ in range(2))
   second.host = "elsewhere"  # a rival on another host
   try:

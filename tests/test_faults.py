@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ import pytest
 
 import jaxdef as jd
 from configs import theory as theory_config
+from jaxdef import _files
 from jaxdef import experiments
 from jaxdef.attacks import _pgd
 from jaxdef.experiments import _sweep
@@ -93,7 +95,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_released_after(tmp_path):
   with pytest.warns(RuntimeWarning, match=f"taking over the lock of pid {pid} on"):
     experiments.run(config, workdir)
   assert (workdir / "config.json").is_file() and not lock.exists()
-  lock.write_text('{"pid": 12')  # cut short while being written: no owner to wait for
+  lock.write_text('{"pid": 12')  # damaged: no owner to wait for
   with pytest.warns(RuntimeWarning, match="taking over the lock of an unreadable lock file"):
     with _workdir_lock.WorkdirLock(workdir):
       assert json.loads(lock.read_text())["pid"] == os.getpid()
@@ -101,6 +103,26 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_released_after(tmp_path):
   with pytest.raises(RuntimeError, match="in use by pid garbled"):
     with _workdir_lock.WorkdirLock(workdir):
       pass
+
+
+def test_a_process_killed_while_locking_leaves_no_lock(tmp_path, monkeypatch):
+  # The lock is written whole, then linked into place: a second process
+  # never reads a lock still being written and takes it for a dead one's.
+  workdir = tmp_path / "run"
+
+  def killed(*args, **kwargs):
+    raise SystemExit("killed mid-write")
+
+  monkeypatch.setattr(_files.os, "fsync", killed)
+  with pytest.raises(SystemExit):
+    with _workdir_lock.WorkdirLock(workdir):
+      pass
+  monkeypatch.undo()
+  assert list(workdir.iterdir()) == []  # no lock, no draft
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # taken without a takeover
+    with _workdir_lock.WorkdirLock(workdir) as lock:
+      assert lock.held and json.loads(lock.path.read_text())["pid"] == os.getpid()
 
 
 def test_live_and_foreign_locks_are_refused(tmp_path):

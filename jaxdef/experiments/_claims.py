@@ -2,13 +2,13 @@
 
 Processes (on one host or several, sharing the workdir over a file system)
 run the same sweep. Before computing a work item a process *claims* it by
-creating ``claims/<item>.claim<g>``: written whole under a private name,
-then hard-linked into place, which the file system lets exactly one creator
-do (also over NFS), so no item is computed by two live processes and no
-claim is ever seen half-written. The file holds the owner's host, pid,
-`jax.process_index()`, the generation g and the time; while the owner
-lives, a background thread
-touches the file (its heartbeat, every `stale_after_s` / 6 seconds).
+creating ``claims/<item>.claim<g>`` with `_files.create_exclusively`:
+exactly one creator wins (also over NFS), so no item is computed by two
+live processes, and no claim is ever seen half-written (a process killed
+while claiming leaves no claim to wait for). The file holds the owner's
+host, pid, `jax.process_index()`, the generation g and the time; while the
+owner lives, a background thread touches the file (its heartbeat, every
+`stale_after_s` / 6 seconds).
 
 Recovering a claim whose owner died. A claim is *stale* when
 - its owner ran on this host and that pid is gone (a killed or finished
@@ -32,7 +32,6 @@ claims record which process computed what.
 from __future__ import annotations
 
 import datetime
-import errno
 import json
 import os
 import pathlib
@@ -42,10 +41,9 @@ import threading
 
 import jax
 
+from jaxdef import _files
+
 _GENERATION = re.compile(r"\.claim(\d+)$")
-# What `os.link` raises on a file system without hard links (some FUSE and
-# SMB mounts): claims are then created in place (`Claims._create_in_place`).
-_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -161,50 +159,14 @@ class Claims:
       self._held.clear()
 
   def _create(self, item: str, generation: int) -> bool:
-    """Creates the claim file whole, or returns False when another process created it.
-
-    The claim is written under a private draft name, then hard-linked into
-    place: `os.link` fails when the claim exists (one creator wins, also
-    over NFS), and a process killed while writing leaves only its draft.
-    A claim created empty and filled afterwards, as `O_EXCL` alone would,
-    names no owner when its creator dies in between, so no one could tell
-    it was dead before its heartbeat aged out (`stale_after_s`, 10 minutes
-    by default).
-    """
+    """Creates the claim, whole; False when another process created it first."""
     path = self.directory / f"{item}.claim{generation}"
     content = {"item": item, "generation": generation, "host": self.host, "pid": self.pid,
                "process_index": self.process_index,
                "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    # A leading dot: `latest`'s pattern never matches a draft.
-    draft = self.directory / f".{item}.claim{generation}.{self.host}.{self.pid}.draft"
-    try:
-      with open(draft, "w") as file:
-        json.dump(content, file)
-        file.flush()
-        os.fsync(file.fileno())
-      try:
-        os.link(draft, path)
-      except FileExistsError:
-        return False
-      except OSError as error:
-        if error.errno not in _NO_HARD_LINKS:
-          raise
-        return self._create_in_place(path, content)
-    finally:
-      draft.unlink(missing_ok=True)
-    self._hold(path)
-    return True
-
-  def _create_in_place(self, path: pathlib.Path, content: dict) -> bool:
-    """`_create` on a file system without hard links: `O_EXCL`, then the content."""
-    try:
-      descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+    # Drafts start with a dot: `latest`'s pattern never matches one.
+    if not _files.create_exclusively(path, json.dumps(content)):
       return False
-    with os.fdopen(descriptor, "w") as file:
-      json.dump(content, file)
-      file.flush()
-      os.fsync(file.fileno())
     self._hold(path)
     return True
 

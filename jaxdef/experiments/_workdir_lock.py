@@ -1,9 +1,10 @@
 """One process per workdir: a lock file, so two runs never interleave their records.
 
 `launch.run` (through `jaxdef.experiments.run`) holds ``workdir/.lock``
-while it runs. The file is created with ``O_CREAT | O_EXCL`` (exactly one
-creator wins, also over NFS) and holds the owner's pid, host, start time
-and command line. A second process pointed at the workdir stops at once
+while it runs. The file is created whole with `_files.create_exclusively`
+(exactly one creator wins, also over NFS; no process ever reads a lock
+still being written) and holds the owner's pid, host, start time and
+command line. A second process pointed at the workdir stops at once
 with a message naming the owner, before it writes anything. A lock whose
 owner ran on this host and is gone (killed, crashed) is stale: it is taken
 over with a warning naming it. A lock from another host is never presumed
@@ -26,6 +27,7 @@ import warnings
 
 import jax
 
+from jaxdef import _files
 from jaxdef.experiments._claims import _pid_alive
 
 LOCK_NAME = ".lock"
@@ -60,13 +62,9 @@ class WorkdirLock:
              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "command": " ".join(sys.argv)}
     for _ in range(3):  # a stale lock is removed once; racing takeovers retry
-      try:
-        handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
+      if not _files.create_exclusively(self.path, json.dumps(owner)):
         self._take_over_if_stale()
         continue
-      with os.fdopen(handle, "w") as f:
-        json.dump(owner, f)
       self.held = True
       return self
     raise WorkdirInUseError(f"could not lock workdir {self.workdir}: {self.path} keeps reappearing "
@@ -78,7 +76,7 @@ class WorkdirLock:
     except FileNotFoundError:
       return  # released meanwhile: try again
     except (ValueError, OSError):
-      owner = {}  # a lock cut short while being written
+      owner = {}  # damaged: locks are created whole (`_files.create_exclusively`)
     alive = (owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int)
              or _pid_alive(owner["pid"]))
     if owner and alive:
