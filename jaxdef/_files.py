@@ -71,8 +71,8 @@ def create_exclusively(path: str | os.PathLike, text: str) -> bool:
   path = pathlib.Path(path)
   handle, draft = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".draft")
   try:
-    os.fchmod(handle, 0o644)  # mkstemp's 0600 would hide the owner from other users
     with os.fdopen(handle, "w") as file:
+      os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide the owner from other users
       file.write(text)
       file.flush()
       os.fsync(file.fileno())
