@@ -12,6 +12,13 @@ import tempfile
 from typing import Any
 
 
+def _write_synced(file: Any, data: str | bytes) -> None:
+  """Writes `data` to the open `file` and waits until it is on disk."""
+  file.write(data)
+  file.flush()
+  os.fsync(file.fileno())
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
   """Writes `data` (text or bytes) to `path` through a temp file and a rename.
 
@@ -28,9 +35,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
                   "pass a writable --workdir") from error
   try:
     with os.fdopen(handle, "wb") as f:
-      f.write(data.encode() if isinstance(data, str) else data)
-      f.flush()
-      os.fsync(f.fileno())
+      _write_synced(f, data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
   except BaseException as error:
     if os.path.exists(tmp):
@@ -73,9 +78,7 @@ def create_exclusively(path: str | os.PathLike, text: str) -> bool:
   try:
     with os.fdopen(handle, "w") as file:
       os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide the owner from other users
-      file.write(text)
-      file.flush()
-      os.fsync(file.fileno())
+      _write_synced(file, text)
     try:
       os.link(draft, path)
       return True
@@ -92,9 +95,7 @@ def create_exclusively(path: str | os.PathLike, text: str) -> bool:
   except FileExistsError:
     return False
   with os.fdopen(handle, "w") as file:
-    file.write(text)
-    file.flush()
-    os.fsync(file.fileno())
+    _write_synced(file, text)
   return True
 
 
