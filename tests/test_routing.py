@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,6 +108,56 @@ def test_pytree_operands_and_outputs_with_integer_leaves():
       index, {"x": x, "n": data["n"]}).sum()))(data["x"])
   np.testing.assert_array_equal(grad, np.where(np.asarray(index)[:, None] == 0, 1.0, -1.0)
                                 * np.ones((5, 2)))
+
+
+def _scaled_exp_pullback(key, x, output, cotangent, *, scale=1.0):
+  # exp's derivative is its output; `scale` != 1 makes the pullback's use visible.
+  return None, scale * cotangent * output
+
+
+def test_an_output_pullback_replaces_recomputing_its_branch():
+  """Rows of a `with_output_pullback` branch get its pullback; the others are differentiated."""
+  index, keys, x = _inputs()
+  plain = _branches()
+  loss = lambda branches: (lambda x: (jax.vmap(
+      lambda i, k, x: routed_switch(i, branches, k, x))(index, keys, x) ** 2).sum())
+  exp = lambda key, x: jnp.exp(x)
+  want = jax.grad(loss(plain[:2] + (exp,)))(x)
+  exact = _routing.with_output_pullback(exp, _scaled_exp_pullback)
+  np.testing.assert_allclose(jax.jit(jax.grad(loss(plain[:2] + (exact,))))(x), want, rtol=1e-5)
+  # Through a functools.partial binding the pullback's options: doubled on exp's rows only.
+  doubling = functools.partial(_routing.with_output_pullback(
+      lambda key, x, scale: jnp.exp(x), _scaled_exp_pullback), scale=2.0)
+  doubled = np.asarray(jax.jit(jax.grad(loss(plain[:2] + (doubling,))))(x))
+  on_exp = np.asarray(index) == 2
+  np.testing.assert_allclose(doubled[on_exp], 2 * np.asarray(want)[on_exp], rtol=1e-5)
+  np.testing.assert_allclose(doubled[~on_exp], np.asarray(want)[~on_exp], rtol=1e-5)
+  assert exact(KEY, x[0]).shape == x[0].shape  # outside routing: the branch itself
+
+
+def test_an_output_pullback_is_not_used_for_a_branch_closing_over_row_values():
+  """A per-row value the branch closes over is routed as an operand it cannot differentiate."""
+  index, keys, x = _inputs(shape=(11,))
+  offset = jnp.linspace(0.0, 1.0, 11)
+
+  def loss(wrap):
+    def row(i, k, x, o):
+      shifted_exp = wrap(lambda key, x: jnp.exp(x + o))
+      return routed_switch(i, (lambda key, x: x * o, shifted_exp), k, x)
+    return lambda o: (jax.vmap(row)(index, keys, x, o) ** 2).sum()
+
+  wrong = lambda branch: _routing.with_output_pullback(
+      branch, functools.partial(_scaled_exp_pullback, scale=0.0))
+  np.testing.assert_allclose(jax.jit(jax.grad(loss(wrong)))(offset),
+                             jax.grad(loss(lambda b: b))(offset), rtol=1e-5)
+
+
+def test_an_output_pullback_returning_the_wrong_count_is_named():
+  bad = _routing.with_output_pullback(lambda key, x: jnp.exp(x), lambda key, x, out, ct: ct)
+  index, keys, x = _inputs(shape=(4,))
+  with pytest.raises(TypeError, match="must return a tuple of 2 cotangents"):
+    jax.grad(lambda x: jax.vmap(lambda i, k, x: routed_switch(i, _branches()[:1] + (bad,), k, x))(
+        index % 2, keys, x).sum())(x)
 
 
 @pytest.mark.parametrize("rows,num_branches", [(8, 4), (64, 6), (200, 3)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,8 @@ import pytest
 from scipy import ndimage
 
 from jaxdef.transforms import _filters as flt
+from jaxdef.transforms import _routing
+from jaxdef.transforms import routed_switch
 
 MAX = 13  # the largest kernel of the default range, 3..13
 ODD = np.arange(1, MAX + 1, 2, dtype=np.int32)  # 1, 3, ..., 13
@@ -74,17 +78,55 @@ def test_median_blur_vmap_per_image_kernel_sizes():
     np.testing.assert_array_equal(out[i], _median_ref(images[i], k), err_msg=f"k={k}")
 
 
+def _value_and_gradient(fn, image, cotangent):
+  out, vjp = jax.vjp(fn, image)
+  return out, vjp(cotangent)[0]
+
+
 def test_median_blur_above_the_networks_uses_bisection_and_matches_scipy():
-  """Sizes above 13 (bisection) and below (networks) routed in one vmapped call, and concrete 15."""
+  """Sizes above 13 (bisection) and below (networks) routed in one vmapped call, and concrete 15.
+
+  Values against scipy, gradients against `_median_gradient_ref` (ties included).
+  """
   images = _image((4, 19, 18, 2), seed=9)
   images[1] = np.round(images[1] * 3) / 3  # ties
   sizes = np.array([15, 3, 17, 13], np.int32)
+  cotangents = np.random.default_rng(10).normal(size=images.shape).astype(np.float32)
   assert sizes.max() > flt.NETWORK_MAX_KERNEL_SIZE
-  out = np.asarray(jax.jit(jax.vmap(lambda x, k: flt.median_blur(x, k, max_kernel_size=17)))(
-      images, sizes))
+  out, gradients = map(np.asarray, jax.jit(jax.vmap(lambda x, k, c: _value_and_gradient(
+      lambda y: flt.median_blur(y, k, max_kernel_size=17), x, c)))(images, sizes, cotangents))
   for i, k in enumerate(sizes):
     np.testing.assert_array_equal(out[i], _median_ref(images[i], k), err_msg=f"k={k}")
+    np.testing.assert_allclose(gradients[i], _median_gradient_ref(images[i], k, cotangents[i]),
+                               rtol=1e-5, atol=1e-6, err_msg=f"k={k}")
   np.testing.assert_array_equal(flt.median_blur(images[0], 15), _median_ref(images[0], 15))
+  static = jax.jit(lambda x, c: _value_and_gradient(lambda y: flt.median_blur(y, 15), x, c))
+  np.testing.assert_allclose(static(images[1], cotangents[1])[1],
+                             _median_gradient_ref(images[1], 15, cotangents[1]),
+                             rtol=1e-5, atol=1e-6)
+
+
+def _median_gradient_ref(image, k, cotangent):
+  """numpy: each output's cotangent shared equally by the window elements equal to its median."""
+  k, r = int(k), int(k) // 2
+  padded = np.pad(image, ((r, r), (r, r), (0, 0)), mode="symmetric")
+  gradient = np.zeros_like(padded, np.float64)
+  height, width, channels = image.shape
+  for i in range(height):
+    for j in range(width):
+      for c in range(channels):
+        window = padded[i:i + k, j:j + k, c]
+        ties = window == np.median(window)
+        gradient[i:i + k, j:j + k, c] += ties * cotangent[i, j, c] / ties.sum()
+  # Fold the reflected border back onto the pixels it copies (r <= H, W here).
+  for axis in (0, 1):
+    gradient = np.moveaxis(gradient, axis, 0)
+    inner = gradient[r:gradient.shape[0] - r].copy()
+    if r:
+      inner[:r] += gradient[:r][::-1]
+      inner[-r:] += gradient[-r:][::-1]
+    gradient = np.moveaxis(inner, 0, axis)
+  return gradient
 
 
 def test_median_blur_negative_zero_and_tolerated_overshoot():
@@ -301,14 +343,48 @@ def test_median_blur_gradient_goes_to_median_element():
       assert where.size == 1 and np.asarray(image).ravel()[where[0]] == out[i, j, 0]
 
 
-def test_median_blur_gradient_of_sum_counts_outputs():
-  """Gradient of sum() is finite, >= 0 and sums to H*W*C, ties included, traced size."""
-  images = np.stack([_image((9, 10, 2), seed=19), _image((9, 10, 2), seed=19, levels=4)] * 2)
-  grad_fn = jax.jit(jax.vmap(jax.grad(lambda x, k: flt.median_blur(x, k, max_kernel_size=5)
-                                      .sum())))
-  grads = np.asarray(grad_fn(images, jnp.array([3, 3, 5, 5])))
-  assert np.all(np.isfinite(grads)) and np.all(grads >= 0)
-  np.testing.assert_allclose(grads.sum(axis=(1, 2, 3)), images[0].size, rtol=1e-5)
+def test_median_blur_gradient_shares_ties_like_numpy():
+  """Traced sizes (one vmapped program) and static ones: to the median element(s), ties shared."""
+  sizes = [3, 5, 1, 5]
+  images = np.stack([_image((9, 8, 2), seed=30 + n, levels=5) for n in range(len(sizes))])
+  cotangents = np.random.default_rng(31).normal(size=images.shape).astype(np.float32)
+  traced = np.asarray(jax.jit(jax.vmap(lambda x, k, c: _value_and_gradient(
+      lambda y: flt.median_blur(y, k, max_kernel_size=5), x, c)[1]))(
+          images, jnp.asarray(sizes), cotangents))
+  for n, k in enumerate(sizes):
+    want = _median_gradient_ref(images[n], k, cotangents[n])
+    np.testing.assert_allclose(traced[n], want, rtol=1e-5, atol=1e-6, err_msg=f"traced k={k}")
+    static = jax.jit(lambda x, c, k=k: _value_and_gradient(lambda y: flt.median_blur(y, k), x, c))
+    np.testing.assert_allclose(static(images[n], cotangents[n])[1], want, rtol=1e-5, atol=1e-6,
+                               err_msg=f"static k={k}")
+
+
+def test_random_median_blur_routed_like_bart_takes_its_gradient_from_its_output():
+  """In a routed_switch (BaRT's dispatch) the backward pass reads the kept median: = numpy."""
+  rows = 6
+  keys = jax.random.split(jax.random.key(32), rows)
+  images = np.stack([_image((9, 8, 2), seed=33 + n, levels=5) for n in range(rows)])
+  cotangents = np.random.default_rng(34).normal(size=images.shape).astype(np.float32)
+  index = jnp.array([0, 1, 0, 0, 1, 0])
+  # Sizes 3 and 5 (a partial binding the range: BaRT's own range, 3..13, compiles for longer).
+  median = functools.partial(flt.random_median_blur, kernel_size_range=(2, 6))
+  branches = (median, lambda key, x: x * 0.5)
+  assert _routing._output_pullback_of(median) is not None
+  routed = jax.vmap(lambda i, k, x: routed_switch(i, branches, k, x))
+
+  def out_and_gradient(x, c):
+    out, vjp = jax.vjp(lambda x: routed(index, keys, x), x)
+    return out, vjp(c)[0]
+
+  out, gradient = map(np.asarray, jax.jit(out_and_gradient)(images, cotangents))
+  sizes = jax.vmap(functools.partial(flt.random_kernel_size, kernel_size_range=(2, 6)))(keys)
+  for n in range(rows):
+    if index[n] == 0:
+      np.testing.assert_array_equal(out[n], _median_ref(images[n], sizes[n]))
+      want = _median_gradient_ref(images[n], int(sizes[n]), cotangents[n])
+    else:
+      want = 0.5 * cotangents[n]
+    np.testing.assert_allclose(gradient[n], want, rtol=1e-5, atol=1e-6, err_msg=f"row {n}")
 
 
 @pytest.mark.parametrize("name", list(RANDOM_FNS))

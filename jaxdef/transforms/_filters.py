@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxdef import _validate
 from jaxdef.transforms._routing import routed_switch
+from jaxdef.transforms._routing import with_output_pullback
 from jaxdef.transforms._selection import materialized
 from jaxdef.transforms._selection import median_of
 
@@ -129,7 +130,7 @@ def gaussian_blur(
   weights = jnp.where(active, jnp.exp(-0.5 * (offsets / sigma) ** 2), 0.0)
   weights = (weights / weights.sum()).astype(image.dtype)
   height, width = image.shape[:2]
-  padded = jnp.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
+  padded = _padded(image, radius)
   # Separable filter: rows then columns. The static tap loop unrolls into
   # shifted slices that XLA fuses into one pass per axis.
   rows = sum(weights[t] * padded[t:t + height] for t in range(max_size))
@@ -224,20 +225,118 @@ def median_blur(
   if isinstance(kernel_size, int):
     if kernel_size <= NETWORK_MAX_KERNEL_SIZE:
       return _median_by_network(image, kernel_size)
-    return _median_by_bisection(image, kernel_size, max_size=kernel_size)
-  network_sizes = range(1, min(max_size, NETWORK_MAX_KERNEL_SIZE) + 1, 2)
-  branches = [functools.partial(_network_branch, network_size=size) for size in network_sizes]
+    return _median_by_bisection_differentiable(image, kernel_size)
+  return _routed_median(image, jnp.asarray(kernel_size, jnp.int32), max_size)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _routed_median(image: jax.Array, kernel_size: jax.Array, max_size: int) -> jax.Array:
+  """`median_blur` for a traced size: each image (row under vmap) runs its own size's network.
+
+  A custom VJP keeps the median as the residual, so the backward pass only
+  tests ties: differentiating through `routed_switch` instead would evaluate
+  the networks again (its backward recomputes each branch's forward pass),
+  and the selection networks are what make BaRT's programs slow to compile.
+  """
+  return routed_switch(_branch_index(kernel_size, max_size), _median_branches(max_size),
+                       image, kernel_size)
+
+
+def _routed_median_fwd(image, kernel_size, max_size):
+  median = _routed_median(image, kernel_size, max_size)
+  return median, (image, kernel_size, median)
+
+
+def _routed_median_bwd(max_size, residuals, cotangent):
+  image, kernel_size, median = residuals
+  return _median_gradient(image, kernel_size, median, cotangent, max_size), None
+
+
+_routed_median.defvjp(_routed_median_fwd, _routed_median_bwd)
+
+
+def _median_gradient(image: jax.Array, kernel_size: jax.Array, median: jax.Array,
+                     cotangent: jax.Array, max_size: int) -> jax.Array:
+  """The image cotangent of ``median = median_blur(image, kernel_size)``; see `_median_pullback`."""
+  pullbacks = [functools.partial(_median_pullback, window_size=size)
+               for size in _network_sizes(max_size)]
+  if max_size > NETWORK_MAX_KERNEL_SIZE:
+    pullbacks.append(functools.partial(_median_pullback, window_size=max_size))
+  return routed_switch(_branch_index(kernel_size, max_size), pullbacks,
+                       image, median, cotangent, kernel_size)
+
+
+def _network_sizes(max_size: int) -> range:
+  return range(1, min(max_size, NETWORK_MAX_KERNEL_SIZE) + 1, 2)
+
+
+def _branch_index(kernel_size: jax.Array, max_size: int) -> jax.Array:
+  """Branch k // 2 for the networks (sizes 1, 3, ..); the last one is bisection."""
+  num_branches = len(_network_sizes(max_size)) + (max_size > NETWORK_MAX_KERNEL_SIZE)
+  return jnp.minimum((kernel_size - 1) >> 1, num_branches - 1)  # shift, see _odd_kernel_size
+
+
+def _median_branches(max_size: int) -> list:
+  """Value-only medians, one per branch: `_routed_median`'s VJP supplies the gradient."""
+  branches = [lambda image, kernel_size, size=size: _network_median(image, size)
+              for size in _network_sizes(max_size)]
   if max_size > NETWORK_MAX_KERNEL_SIZE:
     branches.append(functools.partial(_median_by_bisection, max_size=max_size))
-  index = jnp.minimum((kernel_size - 1) >> 1, len(branches) - 1)  # shift, see _odd_kernel_size
-  return routed_switch(index, branches, image, jnp.asarray(kernel_size, jnp.int32))
+  return branches
+
+
+def _median_pullback(image: jax.Array, median: jax.Array, cotangent: jax.Array,
+                     kernel_size: jax.Array, *, window_size: int) -> jax.Array:
+  """The image gradient of a median blur: each output's cotangent to its median element(s).
+
+  Ties share it equally. Taps of the `window_size` window outside the
+  (traced) kernel are switched off; for a network branch the two sizes agree.
+
+  Args:
+    image: (H, W, C), the blurred image.
+    median: (H, W, C), `median_blur(image, kernel_size)`.
+    cotangent: (H, W, C), the cotangent of `median`.
+    kernel_size: int32 scalar, odd, at most `window_size`.
+
+  Returns:
+    (H, W, C), the cotangent of `image`.
+  """
+  radius, half = window_size // 2, (kernel_size - 1) >> 1
+  height, width = image.shape[:2]
+  padded, unpad = jax.vjp(lambda x: _padded(x, radius), image)
+
+  # A loop over the window's rows, its columns unrolled: as fast to run as
+  # all k*k taps unrolled, and about 7x quicker to compile (BENCHMARKS.md).
+  def ties_in_row(dy):
+    band = jax.lax.dynamic_slice_in_dim(padded, dy, height, axis=0)
+    row_on = jnp.abs(dy - radius) <= half
+    return [(band[:, dx:dx + width] == median) & row_on & (abs(dx - radius) <= half)
+            for dx in range(window_size)]
+
+  def count_row(dy, count):
+    return count + sum(t.astype(image.dtype) for t in ties_in_row(dy))
+
+  share = cotangent / jax.lax.fori_loop(0, window_size, count_row, jnp.zeros_like(image))
+
+  def add_row(dy, gradient):
+    band = sum(jnp.pad(jnp.where(t, share, 0.0), ((0, 0), (dx, window_size - 1 - dx), (0, 0)))
+               for dx, t in enumerate(ties_in_row(dy)))
+    above = jax.lax.dynamic_slice_in_dim(gradient, dy, height, axis=0)
+    return jax.lax.dynamic_update_slice_in_dim(gradient, above + band, dy, axis=0)
+
+  (gradient,) = unpad(jax.lax.fori_loop(0, window_size, add_row, jnp.zeros_like(padded)))
+  return gradient
+
+
+def _padded(image: jax.Array, radius: int) -> jax.Array:
+  """`image` with `radius` reflected pixels on each side of both spatial axes."""
+  return jnp.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
 
 
 def _windows(image: jax.Array, kernel_size: int) -> list[jax.Array]:
   """The kernel_size**2 shifted copies of `image` (reflect borders), (H, W, C) each."""
-  radius = kernel_size // 2
   height, width = image.shape[:2]
-  padded = jnp.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
+  padded = _padded(image, kernel_size // 2)
   return [padded[dy:dy + height, dx:dx + width]
           for dy in range(kernel_size) for dx in range(kernel_size)]
 
@@ -265,11 +364,6 @@ def _median_by_network_jvp(kernel_size, primals, tangents):
   return median, tangent / tie_count
 
 
-def _network_branch(image: jax.Array, kernel_size: jax.Array, *, network_size: int) -> jax.Array:
-  del kernel_size  # routed here because it equals network_size
-  return _median_by_network(image, network_size)
-
-
 def _median_by_bisection(image: jax.Array, kernel_size: Any, *, max_size: int) -> jax.Array:
   """Median by bisection on the float's bit pattern, in a max_size window.
 
@@ -278,7 +372,7 @@ def _median_by_bisection(image: jax.Array, kernel_size: Any, *, max_size: int) -
   """
   radius = max_size // 2
   height, width = image.shape[:2]
-  padded = jnp.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
+  padded = _padded(image, radius)
   padded_keys = _order_keys(jax.lax.stop_gradient(padded).astype(jnp.float32))
   half = (kernel_size - 1) >> 1  # shift, see _odd_kernel_size
   shifts = [(dy, dx) for dy in range(max_size) for dx in range(max_size)]
@@ -304,16 +398,32 @@ def _median_by_bisection(image: jax.Array, kernel_size: Any, *, max_size: int) -
   bounds = (jnp.full(image.shape, int32.min, jnp.int32),
             jnp.full(image.shape, int32.max, jnp.int32))
   median_key, _ = jax.lax.fori_loop(0, 32, bisect, bounds)
-  median = _from_order_keys(median_key).astype(image.dtype)
+  return _from_order_keys(median_key).astype(image.dtype)
+
+
+def _median_by_bisection_differentiable(image: jax.Array, kernel_size: int) -> jax.Array:
+  """A static size above the networks: bisection, plus a path for the gradient (and JVP)."""
+  median = _median_by_bisection(image, kernel_size, max_size=kernel_size)
   # Zero in value, but carries the gradient to the median element(s).
-  ties = [on & (window(padded_keys, dy, dx) == median_key) for on, (dy, dx) in zip(active, shifts)]
+  windows = _windows(image, kernel_size)
+  ties = [jax.lax.stop_gradient(window) == median for window in windows]
   tie_count = sum(t.astype(image.dtype) for t in ties)
-  gradient_path = sum(
-      jnp.where(t, window(padded, dy, dx) - jax.lax.stop_gradient(window(padded, dy, dx)), 0.0)
-      for t, (dy, dx) in zip(ties, shifts))
+  gradient_path = sum(jnp.where(t, window - jax.lax.stop_gradient(window), 0.0)
+                      for t, window in zip(ties, windows))
   return median + gradient_path / tie_count
 
 
+def _random_median_blur_pullback(
+    key: jax.Array, image: jax.Array, median: jax.Array, cotangent: jax.Array, *,
+    kernel_size_range: tuple[int, int] = KERNEL_SIZE_RANGE) -> tuple[None, jax.Array]:
+  """`random_median_blur`'s gradient from its output: BaRT's backward pass need not recompute it."""
+  kernel_size_range = _check_kernel_size_range(kernel_size_range)
+  kernel_size = _odd_kernel_size(key, kernel_size_range)
+  return None, _median_gradient(image, kernel_size, median, cotangent,
+                                _max_odd(kernel_size_range))
+
+
+@functools.partial(with_output_pullback, pullback=_random_median_blur_pullback)
 def random_median_blur(
     key: jax.Array, image: jax.Array, *, kernel_size_range: tuple[int, int] = KERNEL_SIZE_RANGE
 ) -> jax.Array:

@@ -27,11 +27,14 @@ program is the fast one on a CPU and on a GPU.
 Gradients: reverse mode (`jax.grad`, `jax.vjp`) is supported through a
 custom VJP whose backward pass routes the rows again, to each branch's own
 VJP (recomputing that branch's forward pass: no residuals of unused
-branches are stored). Forward mode (`jax.jvp`) is not supported.
+branches are stored). A branch whose gradient needs only its operands and
+its output can skip that recomputation: see `with_output_pullback`.
+Forward mode (`jax.jvp`) is not supported.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
@@ -49,6 +52,39 @@ _PADDING_SHARE = 4
 def chunk_rows(num_rows: int, num_branches: int) -> int:
   """Rows per work item for `num_rows` rows over `num_branches` branches (>= 1)."""
   return max(1, num_rows // (_PADDING_SHARE * num_branches))
+
+
+def with_output_pullback(branch: Callable[..., Any],
+                         pullback: Callable[..., tuple[Any, ...]]) -> Callable[..., Any]:
+  """`branch`, with a backward pass for `routed_switch` that reads its output.
+
+  `routed_switch`'s backward pass normally recomputes each row's branch to
+  differentiate it. A branch whose gradient follows from its operands and
+  its output alone (a median blur's goes to the input pixels equal to the
+  output) can give that gradient directly: the router then keeps the
+  branch's output from the forward pass and calls `pullback` instead. Used
+  outside `routed_switch`, the returned function is `branch` itself.
+
+  Args:
+    branch: ``branch(*operands) -> output``.
+    pullback: ``pullback(*operands, output, cotangent, **options) ->
+      cotangents``: a tuple with one entry per operand, its cotangent (same
+      structure) or None for an operand with no floating-point leaves (a
+      PRNG key). `options` are the keyword arguments a `functools.partial`
+      of the returned function binds.
+
+  Returns:
+    A callable equal to `branch`, carrying `pullback`.
+  """
+  if not callable(branch) or not callable(pullback):
+    raise TypeError(f"branch and pullback must be callables, got {branch!r} and {pullback!r}")
+
+  @functools.wraps(branch)
+  def call(*operands, **options):
+    return branch(*operands, **options)
+
+  call.output_pullback = pullback
+  return call
 
 
 def routed_switch(index: Any, branches: Sequence[Callable[..., Any]], *operands: Any) -> Any:
@@ -101,7 +137,15 @@ def routed_switch(index: Any, branches: Sequence[Callable[..., Any]], *operands:
   hoisted_raw, hoisted_impls = _raw_keys(hoisted)
   rewrapped = [_rewrapping(b, len(raw), hoisted_impls) for b in row_branches]
   all_leaves = raw + hoisted_raw
-  router = _Router(tuple(rewrapped), tuple(leaf.dtype for leaf in all_leaves), out_shapes)
+  # A branch that closes over per-row values is differentiated by recomputing.
+  output_pullbacks = tuple(
+      _leaf_pullback(_output_pullback_of(branch), treedef, key_impls, len(raw), len(all_leaves),
+                     jax.tree_util.tree_structure(out_shapes))
+      if _output_pullback_of(branch) is not None and not any(
+          isinstance(value, jax.core.Tracer) for value in closed.consts) else None
+      for branch, (closed, _) in zip(branches, traced))
+  router = _Router(tuple(rewrapped), tuple(leaf.dtype for leaf in all_leaves), out_shapes,
+                   output_pullbacks)
   one_row = router(jnp.asarray(index, jnp.int32)[None], *[leaf[None] for leaf in all_leaves])
   return jax.tree_util.tree_map(lambda out: out[0], one_row)
 
@@ -115,6 +159,42 @@ def _evaluating(closed, positions, num_leaves, out_tree):
       consts[const_index] = args[num_leaves + hoisted_index]
     return jax.tree_util.tree_unflatten(
         out_tree, jax.core.eval_jaxpr(closed.jaxpr, consts, *args[:num_leaves]))
+
+  return call
+
+
+def _output_pullback_of(branch: Callable[..., Any]) -> Callable[..., Any] | None:
+  """The `with_output_pullback` pullback of `branch`, through `functools.partial`s; or None."""
+  if isinstance(branch, functools.partial):
+    inner = _output_pullback_of(branch.func)
+    return None if inner is None else functools.partial(inner, *branch.args, **branch.keywords)
+  return getattr(branch, "output_pullback", None)
+
+
+def _leaf_pullback(pullback, treedef, key_impls, num_operand_leaves, num_leaves, out_tree):
+  """A `with_output_pullback` pullback on leaves.
+
+  Returns ``(*leaves, *output_leaves, *cotangent_leaves) -> cotangents``, one
+  per leaf (raw PRNG keys and hoisted values included, zeros where the
+  pullback gives None or does not reach).
+  """
+
+  def call(*args):
+    leaves, rest = args[:num_leaves], args[num_leaves:]
+    output = jax.tree_util.tree_unflatten(out_tree, rest[:len(rest) // 2])
+    cotangent = jax.tree_util.tree_unflatten(out_tree, rest[len(rest) // 2:])
+    operands = jax.tree_util.tree_unflatten(
+        treedef, _wrapped_keys(leaves[:num_operand_leaves], key_impls))
+    cotangents = pullback(*operands, output, cotangent)
+    if not isinstance(cotangents, tuple) or len(cotangents) != len(operands):
+      raise TypeError(f"an output pullback must return a tuple of {len(operands)} cotangents "
+                      f"(one per operand, None for none), got {cotangents!r}")
+    flat = []
+    for operand, operand_cotangent in zip(operands, cotangents):
+      operand_leaves = _raw_keys(jax.tree_util.tree_leaves(operand))[0]
+      flat += ([jnp.zeros_like(leaf) for leaf in operand_leaves] if operand_cotangent is None
+               else jax.tree_util.tree_leaves(operand_cotangent))
+    return flat + [jnp.zeros_like(leaf) for leaf in leaves[num_operand_leaves:]]
 
   return call
 
@@ -174,11 +254,13 @@ class _Router:
   """
 
   def __init__(self, branches: tuple[Callable[..., Any], ...], dtypes: tuple[Any, ...],
-               out_shapes: Any):
+               out_shapes: Any, output_pullbacks: tuple[Callable[..., Any] | None, ...]):
     self.branches = branches
     self.num_leaves = len(dtypes)
     self.float_leaves = tuple(i for i, d in enumerate(dtypes) if _differentiable(d))
-    self.backward_branches = tuple(self._pullback(b) for b in branches)
+    # Outputs are kept for the backward pass only if a branch reads them.
+    self.keeps_output = any(p is not None for p in output_pullbacks)
+    self.backward_branches = tuple(self._pullback(b, p) for b, p in zip(branches, output_pullbacks))
 
     forward = custom_vmap(
         lambda index, *leaves: _route(index, self.branches, leaves, out_shapes))
@@ -196,12 +278,15 @@ class _Router:
     return self.routed(index, *leaves)
 
   def _fwd(self, index, *leaves):
-    return self.forward(index, *leaves), (index, leaves)
+    out = self.forward(index, *leaves)
+    kept = tuple(jax.tree_util.tree_leaves(out)) if self.keeps_output else ()
+    return out, (index, leaves, kept)
 
   def _bwd(self, residuals, cotangent):
-    index, leaves = residuals
+    index, leaves, kept = residuals
     cotangent_leaves = jax.tree_util.tree_leaves(cotangent)
-    grads = list(self.backward(index, *leaves, *cotangent_leaves))  # one per float leaf
+    # One gradient per float leaf.
+    grads = list(self.backward(index, *leaves, *kept, *cotangent_leaves))
     result = [np.zeros(index.shape, jax.dtypes.float0)]
     for i, leaf in enumerate(leaves):
       result.append(grads.pop(0) if i in self.float_leaves
@@ -213,12 +298,21 @@ class _Router:
     return tuple(jax.ShapeDtypeStruct(leaves[i].shape[1:], leaves[i].dtype)
                  for i in self.float_leaves)
 
-  def _pullback(self, branch: Callable[..., Any]) -> Callable[..., Any]:
-    """``(*leaves, *cotangent_leaves) -> gradients of the float leaves``, one row."""
-    float_leaves, num_leaves = self.float_leaves, self.num_leaves
+  def _pullback(self, branch: Callable[..., Any],
+                output_pullback: Callable[..., Any] | None) -> Callable[..., Any]:
+    """``(*leaves, *kept_outputs, *cotangent_leaves) -> gradients of the float leaves``, one row.
+
+    `kept_outputs` (the branch output's leaves) are there only if
+    `self.keeps_output`; the pullback reads them if it is an output pullback.
+    """
+    float_leaves, num_leaves, keeps_output = self.float_leaves, self.num_leaves, self.keeps_output
 
     def pullback(*args):
-      leaves, cotangent_leaves = list(args[:num_leaves]), args[num_leaves:]
+      leaves, rest = list(args[:num_leaves]), args[num_leaves:]
+      if output_pullback is not None:
+        cotangents = output_pullback(*leaves, *rest)
+        return tuple(cotangents[i] for i in float_leaves)
+      cotangent_leaves = rest[len(rest) // 2:] if keeps_output else rest
 
       def of_floats(*floats):
         full = list(leaves)
