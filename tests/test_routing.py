@@ -11,6 +11,7 @@ import pytest
 
 from jaxdef.transforms import _routing
 from jaxdef.transforms import routed_switch
+from jaxdef.transforms import with_output_pullback
 
 KEY = jax.random.key(0)
 ROWS = 37  # not a multiple of any chunk size
@@ -123,10 +124,10 @@ def test_an_output_pullback_replaces_recomputing_its_branch():
       lambda i, k, x: routed_switch(i, branches, k, x))(index, keys, x) ** 2).sum())
   exp = lambda key, x: jnp.exp(x)
   want = jax.grad(loss(plain[:2] + (exp,)))(x)
-  exact = _routing.with_output_pullback(exp, _scaled_exp_pullback)
+  exact = with_output_pullback(exp, _scaled_exp_pullback)
   np.testing.assert_allclose(jax.jit(jax.grad(loss(plain[:2] + (exact,))))(x), want, rtol=1e-5)
   # Through a functools.partial binding the pullback's options: doubled on exp's rows only.
-  doubling = functools.partial(_routing.with_output_pullback(
+  doubling = functools.partial(with_output_pullback(
       lambda key, x, scale: jnp.exp(x), _scaled_exp_pullback), scale=2.0)
   doubled = np.asarray(jax.jit(jax.grad(loss(plain[:2] + (doubling,))))(x))
   on_exp = np.asarray(index) == 2
@@ -146,14 +147,14 @@ def test_an_output_pullback_is_not_used_for_a_branch_closing_over_row_values():
       return routed_switch(i, (lambda key, x: x * o, shifted_exp), k, x)
     return lambda o: (jax.vmap(row)(index, keys, x, o) ** 2).sum()
 
-  wrong = lambda branch: _routing.with_output_pullback(
+  wrong = lambda branch: with_output_pullback(
       branch, functools.partial(_scaled_exp_pullback, scale=0.0))
   np.testing.assert_allclose(jax.jit(jax.grad(loss(wrong)))(offset),
                              jax.grad(loss(lambda b: b))(offset), rtol=1e-5)
 
 
 def test_an_output_pullback_returning_the_wrong_count_is_named():
-  bad = _routing.with_output_pullback(lambda key, x: jnp.exp(x), lambda key, x, out, ct: ct)
+  bad = with_output_pullback(lambda key, x: jnp.exp(x), lambda key, x, out, ct: ct)
   index, keys, x = _inputs(shape=(4,))
   with pytest.raises(TypeError, match="must return a tuple of 2 cotangents"):
     jax.grad(lambda x: jax.vmap(lambda i, k, x: routed_switch(i, _branches()[:1] + (bad,), k, x))(

@@ -28,6 +28,7 @@ from jaxdef.transforms._noise import noise
 from jaxdef.transforms._noise import noise_parameters
 from jaxdef.transforms._noise import random_noise
 from jaxdef.transforms._routing import routed_switch
+from jaxdef.transforms._routing import with_output_pullback
 from jaxdef.transforms._spectral import fft_fractions
 from jaxdef.transforms._spectral import fft_perturb
 from jaxdef.transforms._spectral import quantize
@@ -62,4 +63,5 @@ __all__ = (
     "rotate",
     "routed_switch",
     "swirl",
+    "with_output_pullback",
 )
