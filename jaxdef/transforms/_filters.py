@@ -23,7 +23,6 @@ import numpy as np
 from jaxdef import _validate
 from jaxdef.transforms._routing import routed_switch
 from jaxdef.transforms._routing import with_output_pullback
-from jaxdef.transforms._selection import materialized
 from jaxdef.transforms._selection import median_of
 
 # BaRT draws kernel sizes from [2, 14) and rounds even draws up: 3..13.
@@ -223,9 +222,7 @@ def median_blur(
   max_size = _static_max_kernel_size(kernel_size, max_kernel_size)
   kernel_size = _check_kernel_size(kernel_size, max_size)
   if isinstance(kernel_size, int):
-    if kernel_size <= NETWORK_MAX_KERNEL_SIZE:
-      return _median_by_network(image, kernel_size)
-    return _median_by_bisection_differentiable(image, kernel_size)
+    return _static_median(image, kernel_size)
   return _routed_median(image, jnp.asarray(kernel_size, jnp.int32), max_size)
 
 
@@ -287,26 +284,38 @@ def _median_branches(max_size: int) -> list:
 
 def _median_pullback(image: jax.Array, median: jax.Array, cotangent: jax.Array,
                      kernel_size: jax.Array, *, window_size: int) -> jax.Array:
-  """The image gradient of a median blur: each output's cotangent to its median element(s).
+  """The image cotangent of a median blur: the transpose of `_median_tangent`."""
+  tangent = functools.partial(_median_tangent, image, median, kernel_size=kernel_size,
+                              window_size=window_size)
+  (gradient,) = jax.linear_transpose(tangent, image)(cotangent)
+  return gradient
 
-  Ties share it equally. Taps of the `window_size` window outside the
-  (traced) kernel are switched off; for a network branch the two sizes agree.
+
+def _median_tangent(image: jax.Array, median: jax.Array, tangent: jax.Array, *,
+                    kernel_size: Any, window_size: int) -> jax.Array:
+  """The tangent of a median blur: each output's is its median element's (ties: their mean).
+
+  Taps of the `window_size` window outside the kernel (`kernel_size`, maybe
+  traced) are switched off; where the two sizes agree, none is. Linear in
+  `tangent`, so `jax.linear_transpose` gives the gradient.
 
   Args:
     image: (H, W, C), the blurred image.
     median: (H, W, C), `median_blur(image, kernel_size)`.
-    cotangent: (H, W, C), the cotangent of `median`.
-    kernel_size: int32 scalar, odd, at most `window_size`.
+    tangent: (H, W, C), the tangent of `image`.
+    kernel_size: odd int (or int32 scalar), at most `window_size`.
 
   Returns:
-    (H, W, C), the cotangent of `image`.
+    (H, W, C), the tangent of `median`.
   """
   radius, half = window_size // 2, (kernel_size - 1) >> 1
   height, width = image.shape[:2]
-  padded, unpad = jax.vjp(lambda x: _padded(x, radius), image)
+  padded, padded_tangent = _padded(image, radius), _padded(tangent, radius)
 
   # A loop over the window's rows, its columns unrolled: as fast to run as
   # all k*k taps unrolled, and about 7x quicker to compile (BENCHMARKS.md).
+  # The median enters the loop as an operand, so XLA computes it once
+  # instead of fusing its network into each of the k*k tie tests.
   def ties_in_row(dy):
     band = jax.lax.dynamic_slice_in_dim(padded, dy, height, axis=0)
     row_on = jnp.abs(dy - radius) <= half
@@ -316,16 +325,13 @@ def _median_pullback(image: jax.Array, median: jax.Array, cotangent: jax.Array,
   def count_row(dy, count):
     return count + sum(t.astype(image.dtype) for t in ties_in_row(dy))
 
-  share = cotangent / jax.lax.fori_loop(0, window_size, count_row, jnp.zeros_like(image))
+  def add_row(dy, total):
+    band = jax.lax.dynamic_slice_in_dim(padded_tangent, dy, height, axis=0)
+    return total + sum(jnp.where(t, band[:, dx:dx + width], 0.0)
+                       for dx, t in enumerate(ties_in_row(dy)))
 
-  def add_row(dy, gradient):
-    band = sum(jnp.pad(jnp.where(t, share, 0.0), ((0, 0), (dx, window_size - 1 - dx), (0, 0)))
-               for dx, t in enumerate(ties_in_row(dy)))
-    above = jax.lax.dynamic_slice_in_dim(gradient, dy, height, axis=0)
-    return jax.lax.dynamic_update_slice_in_dim(gradient, above + band, dy, axis=0)
-
-  (gradient,) = unpad(jax.lax.fori_loop(0, window_size, add_row, jnp.zeros_like(padded)))
-  return gradient
+  tie_count = jax.lax.fori_loop(0, window_size, count_row, jnp.zeros_like(image))
+  return jax.lax.fori_loop(0, window_size, add_row, jnp.zeros_like(tangent)) / tie_count
 
 
 def _padded(image: jax.Array, radius: int) -> jax.Array:
@@ -348,20 +354,19 @@ _network_median = jax.jit(lambda image, kernel_size: median_of(_windows(image, k
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _median_by_network(image: jax.Array, kernel_size: int) -> jax.Array:
-  return _network_median(image, kernel_size)
+def _static_median(image: jax.Array, kernel_size: int) -> jax.Array:
+  """`median_blur` for a Python int size: its own network, or bisection above 13."""
+  if kernel_size <= NETWORK_MAX_KERNEL_SIZE:
+    return _network_median(image, kernel_size)
+  return _median_by_bisection(image, kernel_size, max_size=kernel_size)
 
 
-@_median_by_network.defjvp
-def _median_by_network_jvp(kernel_size, primals, tangents):
-  # The tangent of the median element (shared equally among ties); only
-  # differentiated calls pay for the k*k tie tests.
+@_static_median.defjvp
+def _static_median_jvp(kernel_size, primals, tangents):
   (image,), (image_tangent,) = primals, tangents
-  median = materialized(_network_median(image, kernel_size))
-  ties = [window == median for window in _windows(image, kernel_size)]
-  tie_count = sum(t.astype(image.dtype) for t in ties)
-  tangent = sum(jnp.where(t, w, 0.0) for t, w in zip(ties, _windows(image_tangent, kernel_size)))
-  return median, tangent / tie_count
+  median = _static_median(image, kernel_size)
+  return median, _median_tangent(image, median, image_tangent, kernel_size=kernel_size,
+                                 window_size=kernel_size)
 
 
 def _median_by_bisection(image: jax.Array, kernel_size: Any, *, max_size: int) -> jax.Array:
@@ -399,18 +404,6 @@ def _median_by_bisection(image: jax.Array, kernel_size: Any, *, max_size: int) -
             jnp.full(image.shape, int32.max, jnp.int32))
   median_key, _ = jax.lax.fori_loop(0, 32, bisect, bounds)
   return _from_order_keys(median_key).astype(image.dtype)
-
-
-def _median_by_bisection_differentiable(image: jax.Array, kernel_size: int) -> jax.Array:
-  """A static size above the networks: bisection, plus a path for the gradient (and JVP)."""
-  median = _median_by_bisection(image, kernel_size, max_size=kernel_size)
-  # Zero in value, but carries the gradient to the median element(s).
-  windows = _windows(image, kernel_size)
-  ties = [jax.lax.stop_gradient(window) == median for window in windows]
-  tie_count = sum(t.astype(image.dtype) for t in ties)
-  gradient_path = sum(jnp.where(t, window - jax.lax.stop_gradient(window), 0.0)
-                      for t, window in zip(ties, windows))
-  return median + gradient_path / tie_count
 
 
 def _random_median_blur_pullback(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 
 
 @functools.cache
@@ -75,18 +74,3 @@ def median_of(values: list[jax.Array]) -> jax.Array:
     if wants_max:
       wires[j] = jax.lax.select(less, high, low)
   return wires[len(wires) // 2]
-
-
-def materialized(values: jax.Array) -> jax.Array:
-  """`values`, computed once however many elementwise ops read them.
-
-  XLA fuses a chain of cheap elementwise ops into each consumer, so a
-  network read by the k*k tie tests of a median's gradient was compiled k*k
-  times (a 9 x 9 one took 50 s and 7 GB to compile, 13 x 13 ran out of
-  24 GB). A reduction is not fused into its consumers, and XLA does not
-  simplify a max against -inf away: it ends the chain. (An
-  `optimization_barrier` does not: the CPU pipeline removes it before
-  fusion.)
-  """
-  floor = jnp.full_like(values, -jnp.inf)
-  return jnp.max(jnp.stack([values, floor]), axis=0)
