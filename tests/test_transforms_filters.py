@@ -359,6 +359,21 @@ def test_median_blur_gradient_shares_ties_like_numpy():
                                err_msg=f"static k={k}")
 
 
+def test_static_sizes_keep_forward_mode_consistent_with_reverse():
+  """jax.jvp works for a Python int size (network and bisection): <J t, u> = <t, J^T u>."""
+  image = jnp.asarray(_image((16, 15, 1), seed=35, levels=6))
+  t, u = np.random.default_rng(36).normal(size=(2,) + image.shape).astype(np.float32)
+  for k in (3, 15):
+    def jvp_and_vjp(x, t, u, k=k):
+      forward = jax.jvp(lambda y: flt.median_blur(y, k), (x,), (t,))[1]
+      return forward, jax.vjp(lambda y: flt.median_blur(y, k), x)[1](u)[0]
+    forward, backward = map(np.asarray, jax.jit(jvp_and_vjp)(image, t, u))
+    np.testing.assert_allclose((forward * u).sum(), (t * backward).sum(), rtol=1e-5,
+                               err_msg=f"k={k}")
+    np.testing.assert_allclose(backward, _median_gradient_ref(np.asarray(image), k, u),
+                               rtol=1e-5, atol=1e-6, err_msg=f"k={k}")
+
+
 def test_random_median_blur_routed_like_bart_takes_its_gradient_from_its_output():
   """In a routed_switch (BaRT's dispatch) the backward pass reads the kept median: = numpy."""
   rows = 6
