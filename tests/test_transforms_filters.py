@@ -386,12 +386,8 @@ def test_random_median_blur_routed_like_bart_takes_its_gradient_from_its_output(
   branches = (median, lambda key, x: x * 0.5)
   assert _routing._output_pullback_of(median) is not None
   routed = jax.vmap(lambda i, k, x: routed_switch(i, branches, k, x))
-
-  def out_and_gradient(x, c):
-    out, vjp = jax.vjp(lambda x: routed(index, keys, x), x)
-    return out, vjp(c)[0]
-
-  out, gradient = map(np.asarray, jax.jit(out_and_gradient)(images, cotangents))
+  out, gradient = map(np.asarray, jax.jit(lambda x, c: _value_and_gradient(
+      lambda y: routed(index, keys, y), x, c))(images, cotangents))
   sizes = jax.vmap(functools.partial(flt.random_kernel_size, kernel_size_range=(2, 6)))(keys)
   for n in range(rows):
     if index[n] == 0:
