@@ -256,30 +256,29 @@ def _median_gradient(image: jax.Array, kernel_size: jax.Array, median: jax.Array
                      cotangent: jax.Array, max_size: int) -> jax.Array:
   """The image cotangent of ``median = median_blur(image, kernel_size)``; see `_median_pullback`."""
   pullbacks = [functools.partial(_median_pullback, window_size=size)
-               for size in _network_sizes(max_size)]
-  if max_size > NETWORK_MAX_KERNEL_SIZE:
-    pullbacks.append(functools.partial(_median_pullback, window_size=max_size))
+               for size in _branch_windows(max_size)]
   return routed_switch(_branch_index(kernel_size, max_size), pullbacks,
                        image, median, cotangent, kernel_size)
 
 
-def _network_sizes(max_size: int) -> range:
-  return range(1, min(max_size, NETWORK_MAX_KERNEL_SIZE) + 1, 2)
+def _branch_windows(max_size: int) -> list[int]:
+  """The window of each branch: the networks' sizes 1, 3, .., 13, then bisection's max_size."""
+  networks = list(range(1, min(max_size, NETWORK_MAX_KERNEL_SIZE) + 1, 2))
+  return networks + ([max_size] if max_size > NETWORK_MAX_KERNEL_SIZE else [])
 
 
 def _branch_index(kernel_size: jax.Array, max_size: int) -> jax.Array:
   """Branch k // 2 for the networks (sizes 1, 3, ..); the last one is bisection."""
-  num_branches = len(_network_sizes(max_size)) + (max_size > NETWORK_MAX_KERNEL_SIZE)
-  return jnp.minimum((kernel_size - 1) >> 1, num_branches - 1)  # shift, see _odd_kernel_size
+  last = len(_branch_windows(max_size)) - 1
+  return jnp.minimum((kernel_size - 1) >> 1, last)  # shift, see _odd_kernel_size
 
 
 def _median_branches(max_size: int) -> list:
   """Value-only medians, one per branch: `_routed_median`'s VJP supplies the gradient."""
-  branches = [lambda image, kernel_size, size=size: _network_median(image, size)
-              for size in _network_sizes(max_size)]
-  if max_size > NETWORK_MAX_KERNEL_SIZE:
-    branches.append(functools.partial(_median_by_bisection, max_size=max_size))
-  return branches
+  return [functools.partial(_median_by_bisection, max_size=size)
+          if size > NETWORK_MAX_KERNEL_SIZE
+          else lambda image, kernel_size, size=size: _network_median(image, size)
+          for size in _branch_windows(max_size)]
 
 
 def _median_pullback(image: jax.Array, median: jax.Array, cotangent: jax.Array,
@@ -378,7 +377,7 @@ def _median_by_bisection(image: jax.Array, kernel_size: Any, *, max_size: int) -
   radius = max_size // 2
   height, width = image.shape[:2]
   padded = _padded(image, radius)
-  padded_keys = _order_keys(jax.lax.stop_gradient(padded).astype(jnp.float32))
+  padded_keys = _order_keys(padded.astype(jnp.float32))
   half = (kernel_size - 1) >> 1  # shift, see _odd_kernel_size
   shifts = [(dy, dx) for dy in range(max_size) for dx in range(max_size)]
   # Whether each tap of the largest window belongs to the drawn kernel.

@@ -138,12 +138,12 @@ def routed_switch(index: Any, branches: Sequence[Callable[..., Any]], *operands:
   rewrapped = [_rewrapping(b, len(raw), hoisted_impls) for b in row_branches]
   all_leaves = raw + hoisted_raw
   # A branch that closes over per-row values is differentiated by recomputing.
+  out_tree = jax.tree_util.tree_structure(out_shapes)
   output_pullbacks = tuple(
-      _leaf_pullback(_output_pullback_of(branch), treedef, key_impls, len(raw), len(all_leaves),
-                     jax.tree_util.tree_structure(out_shapes))
-      if _output_pullback_of(branch) is not None and not any(
+      _leaf_pullback(pullback, treedef, key_impls, len(raw), len(all_leaves), out_tree)
+      if pullback is not None and not any(
           isinstance(value, jax.core.Tracer) for value in closed.consts) else None
-      for branch, (closed, _) in zip(branches, traced))
+      for pullback, (closed, _) in zip(map(_output_pullback_of, branches), traced))
   router = _Router(tuple(rewrapped), tuple(leaf.dtype for leaf in all_leaves), out_shapes,
                    output_pullbacks)
   one_row = router(jnp.asarray(index, jnp.int32)[None], *[leaf[None] for leaf in all_leaves])
