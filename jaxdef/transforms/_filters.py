@@ -312,7 +312,7 @@ def _median_tangent(image: jax.Array, median: jax.Array, tangent: jax.Array, *,
   padded, padded_tangent = _padded(image, radius), _padded(tangent, radius)
 
   # A loop over the window's rows, its columns unrolled: as fast to run as
-  # all k*k taps unrolled, and about 7x quicker to compile (BENCHMARKS.md).
+  # all k*k taps unrolled, and about 6x quicker to compile (BENCHMARKS.md).
   # The median enters the loop as an operand, so XLA computes it once
   # instead of fusing its network into each of the k*k tie tests.
   def ties_in_row(dy):
