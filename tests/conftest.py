@@ -67,12 +67,16 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _optimization_the_test_asks_for(request):
-  """Tests marked `full_optimization` compile as users' programs do (see optimization.py)."""
-  if request.node.get_closest_marker("full_optimization") is None:
-    yield
-  else:
+  """Tests marked `full_optimization` compile as users' programs do, `fusion_emitters`
+  with XLA's fusion emitters at -O0 (see optimization.py)."""
+  if request.node.get_closest_marker("full_optimization") is not None:
     with optimization.full_optimization():
       yield
+  elif request.node.get_closest_marker("fusion_emitters") is not None:
+    with optimization.fusion_emitters():
+      yield
+  else:
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -15,15 +15,37 @@ whose branches an ulp can flip) and tests that mostly run rather than compile
 use the default optimization: the `full_optimization` marker, or the context
 manager of the same name around a module-scoped fixture's work.
 
+With most optimizations off, XLA's CPU backend still spends most of a
+small program's compile in its MLIR fusion emitters (a `perf` profile of a
+sanity check on the tiny ResNet behind randomized smoothing: 28% of the
+process in `xla::cpu::FusionCompiler`, against 10% in LLVM). Its older
+elemental emitters (`xla_cpu_use_fusion_emitters=false`) compile the same
+program in about half the time, but copy a shared value into every consumer
+of a fused chain: on the median blur's selection networks (thousands of
+chained min/max/select ops) that grows without bound, and a static 13 x 13
+median ran out of 24 GiB. So while most optimizations are off, this
+process compiles a program with the older emitters when it holds at most
+`ELEMENTAL_EMITTER_MAX_SELECTIONS` min/max/select/compare ops, and with the
+fusion emitters otherwise (`_compile_small_programs_with_elemental_emitters`).
+The two emitters can round differently in the last bit: tests whose
+results sit on a rounding boundary at -O0 (an interpolation coordinate on
+the image's edge) keep the fusion emitters, the `fusion_emitters` marker
+or context manager; subprocesses that must match the test process bit for
+bit call `compile_quickly_unless_told_otherwise` too.
+Measured on the AMD EPYC, 2 cores, 2026-12-06 (`pytest -q
+tests/test_lack_of_randomness.py tests/test_audit.py`): 194 s before, 144 s
+after.
+
 `JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest ...` runs the whole suite as users
 run it. Subprocesses the tests start inherit the setting through the
-environment.
+environment (the emitter choice stays in the test processes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import jax
 
@@ -31,11 +53,49 @@ FLAG = "jax_disable_most_optimizations"
 ENV = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 _TRUE = ("1", "true", "yes", "on")
 
+# Above this many selection ops a program keeps the fusion emitters. Counted
+# in lowered programs of 28 x 28 images: a static 3 x 3 median 58, 5 x 5
+# 315, 7 x 7 891, 13 x 13 5,484; the median blur defense 12,009 and BaRT-6
+# 12,106; BaRT-1 108, the noise defense 106, randomized smoothing 2, the
+# small ResNet's input gradient 19.
+ELEMENTAL_EMITTER_MAX_SELECTIONS = 200
+_SELECTION_OP = re.compile(r"stablehlo\.(?:minimum|maximum|select|compare)\b")
+_ELEMENTAL_EMITTERS = {"on": True}  # off inside `fusion_emitters()`
+
 
 def compile_quickly_unless_told_otherwise() -> None:
   """Turns most optimizations off for this process and its children, unless $ENV says."""
   os.environ.setdefault(ENV, "1")
   jax.config.update(FLAG, os.environ[ENV].strip().lower() in _TRUE)
+  _compile_small_programs_with_elemental_emitters()
+
+
+def _compile_small_programs_with_elemental_emitters() -> None:
+  """While FLAG is on, CPU programs with few selection ops compile with XLA's elemental emitters.
+
+  Wraps JAX's one entry to the XLA compiler (`jax._src.compiler.
+  compile_or_get_cached`); the persistent cache keys on the compile options,
+  so the two kinds of program never mix. Does nothing if that private entry
+  is missing (another JAX version): the tests then only compile slower.
+  """
+  from jax._src import compiler
+
+  compile_or_get_cached = getattr(compiler, "compile_or_get_cached", None)
+  if compile_or_get_cached is None or getattr(compile_or_get_cached, "_jaxdef_tests", False):
+    return
+
+  def compile_small_ones_elementally(backend, computation, devices, compile_options, *args,
+                                     **kwargs):
+    if jax.config.values[FLAG] and _ELEMENTAL_EMITTERS["on"] and backend.platform == "cpu":
+      text = computation.operation.get_asm(large_elements_limit=16)
+      if len(_SELECTION_OP.findall(text)) <= ELEMENTAL_EMITTER_MAX_SELECTIONS:
+        compile_options.env_option_overrides = [
+            *compile_options.env_option_overrides, ("xla_cpu_use_fusion_emitters", False)]
+    return compile_or_get_cached(backend, computation, devices, compile_options, *args,
+                                 **kwargs)
+
+  compile_small_ones_elementally._jaxdef_tests = True
+  compiler.compile_or_get_cached = compile_small_ones_elementally
 
 
 @contextlib.contextmanager
@@ -54,3 +114,19 @@ def full_optimization():
     yield
   finally:
     jax.config.update(FLAG, before)
+
+
+@contextlib.contextmanager
+def fusion_emitters():
+  """Most optimizations still off, but every program inside keeps XLA's fusion emitters.
+
+  Programs compiled before are dropped first, as in `full_optimization`.
+  """
+  before = _ELEMENTAL_EMITTERS["on"]
+  if before:
+    jax.clear_caches()
+  _ELEMENTAL_EMITTERS["on"] = False
+  try:
+    yield
+  finally:
+    _ELEMENTAL_EMITTERS["on"] = before

@@ -420,4 +420,10 @@ def test_put_batch_refuses_mismatched_batches():
 
 
 if __name__ == "__main__":
+  import optimization
+
+  # The test process's compile settings, so that its one-device numbers
+  # match these bit for bit (optimization.py: the emitters can differ in
+  # the last bit).
+  optimization.compile_quickly_unless_told_otherwise()
   _worker(sys.argv[1], pathlib.Path(sys.argv[2]))

@@ -27,6 +27,7 @@ def _f64(x):
 # --- Deterministic transforms against scikit-image ----------------------------
 
 
+@pytest.mark.fusion_emitters  # a few edge coordinates sit on a rounding boundary
 @pytest.mark.parametrize("shape", SHAPES)
 def test_swirl_matches_skimage(shape):
   rng = np.random.default_rng(1)
@@ -50,6 +51,7 @@ ROTATE_CASES = [(shape, mode) for shape in SHAPES
                 if shape[0] <= 64 or mode in ("constant", "edge")]
 
 
+@pytest.mark.fusion_emitters  # a few edge coordinates sit on a rounding boundary
 @pytest.mark.parametrize("shape,mode", ROTATE_CASES)
 def test_rotate_matches_skimage(shape, mode):
   rng = np.random.default_rng(2)
