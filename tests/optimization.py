@@ -22,22 +22,27 @@ process in `xla::cpu::FusionCompiler`, against 10% in LLVM). Its older
 elemental emitters (`xla_cpu_use_fusion_emitters=false`) compile the same
 program in about half the time, but copy a shared value into every consumer
 of a fused chain: on the median blur's selection networks (thousands of
-chained min/max/select ops) that grows without bound, and a static 13 x 13
-median ran out of 24 GiB. So while most optimizations are off, this
-process compiles a program with the older emitters when it holds at most
-`ELEMENTAL_EMITTER_MAX_SELECTIONS` min/max/select/compare ops, and with the
-fusion emitters otherwise (`_compile_small_programs_with_elemental_emitters`).
+chained min/max/select ops) that outgrows the machine's memory (with the
+older emitters for every program, `pytest tests/test_transforms_filters.py
+tests/test_defenses.py` was killed at 24 GB; a static 13 x 13 median of a
+5 x 4 x 2 image alone ran past a 12 GB limit). So while most optimizations
+are off, this process compiles a program with the older emitters when it
+holds at most `ELEMENTAL_EMITTER_MAX_SELECTIONS` min/max/select/compare
+ops, and with the fusion emitters otherwise
+(`_compile_small_programs_with_elemental_emitters`).
 The two emitters can round differently in the last bit: tests whose
 results sit on a rounding boundary at -O0 (an interpolation coordinate on
 the image's edge) keep the fusion emitters, the `fusion_emitters` marker
 or context manager; subprocesses that must match the test process bit for
 bit call `compile_quickly_unless_told_otherwise` too.
-Measured on the AMD EPYC, 2 cores, 2026-12-06 (`pytest -q
-tests/test_lack_of_randomness.py tests/test_audit.py`): 194 s before, 144 s
-after.
+Measured on the AMD EPYC, 2 cores, 2026-12-06, back to back (`pytest -q
+-p no:cacheprovider tests/test_lack_of_randomness.py tests/test_audit.py`):
+151.9 s with the fusion emitters throughout, 120.3 s with the switch
+(BENCHMARKS.md has the whole suite).
 
 `JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest ...` runs the whole suite as users
-run it. Subprocesses the tests start inherit the setting through the
+run it; `JAXDEF_TEST_ELEMENTAL_EMITTERS=0` keeps the fusion emitters
+throughout. Subprocesses the tests start inherit the setting through the
 environment (the emitter choice stays in the test processes).
 """
 
@@ -51,6 +56,9 @@ import jax
 
 FLAG = "jax_disable_most_optimizations"
 ENV = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+# "0" keeps XLA's fusion emitters for every program (to compare, or to rule
+# the emitters out when a test fails).
+ELEMENTAL_ENV = "JAXDEF_TEST_ELEMENTAL_EMITTERS"
 _TRUE = ("1", "true", "yes", "on")
 
 # Above this many selection ops a program keeps the fusion emitters. Counted
@@ -67,7 +75,14 @@ def compile_quickly_unless_told_otherwise() -> None:
   """Turns most optimizations off for this process and its children, unless $ENV says."""
   os.environ.setdefault(ENV, "1")
   jax.config.update(FLAG, os.environ[ENV].strip().lower() in _TRUE)
-  _compile_small_programs_with_elemental_emitters()
+  if os.environ.get(ELEMENTAL_ENV, "1").strip().lower() in _TRUE:
+    _compile_small_programs_with_elemental_emitters()
+
+
+def suits_elemental_emitters(computation) -> bool:
+  """Whether a lowered program (an MLIR module) has few enough selection ops for them."""
+  text = computation.operation.get_asm(large_elements_limit=16)
+  return len(_SELECTION_OP.findall(text)) <= ELEMENTAL_EMITTER_MAX_SELECTIONS
 
 
 def _compile_small_programs_with_elemental_emitters() -> None:
@@ -86,11 +101,10 @@ def _compile_small_programs_with_elemental_emitters() -> None:
 
   def compile_small_ones_elementally(backend, computation, devices, compile_options, *args,
                                      **kwargs):
-    if jax.config.values[FLAG] and _ELEMENTAL_EMITTERS["on"] and backend.platform == "cpu":
-      text = computation.operation.get_asm(large_elements_limit=16)
-      if len(_SELECTION_OP.findall(text)) <= ELEMENTAL_EMITTER_MAX_SELECTIONS:
-        compile_options.env_option_overrides = [
-            *compile_options.env_option_overrides, ("xla_cpu_use_fusion_emitters", False)]
+    if (jax.config.values[FLAG] and _ELEMENTAL_EMITTERS["on"] and backend.platform == "cpu"
+        and suits_elemental_emitters(computation)):
+      compile_options.env_option_overrides = [
+          *compile_options.env_option_overrides, ("xla_cpu_use_fusion_emitters", False)]
     return compile_or_get_cached(backend, computation, devices, compile_options, *args,
                                  **kwargs)
 
